@@ -1,0 +1,433 @@
+"""`abuse-gateway` (also `python -m gateway`): the contract in DESIGN.md, "Contracts users and tests rely on".
+
+Exit codes: 0 done, 1 not found, 2 bad usage or configuration, 75 (EX_TEMPFAIL) store and spool unavailable
+— what an MTA pipe transport expects, so the MTA keeps the message and retries.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import mailbox
+import os
+import sys
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import click
+from sqlalchemy.exc import SQLAlchemyError
+
+from gateway.config import Config, ConfigError, effective_settings, load_config, warnings_for
+
+EX_OK, EX_NOTFOUND, EX_USAGE, EX_TEMPFAIL = 0, 1, 2, 75
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level, logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("mail.log").setLevel(logging.WARNING)
+
+
+def _config(ctx: click.Context) -> Config:
+    obj = ctx.ensure_object(dict)
+    if "config" not in obj:
+        try:
+            obj["config"] = load_config(obj.get("config_path"))
+        except ConfigError as exc:
+            click.echo(f"abuse-gateway: configuration error: {exc}", err=True)
+            ctx.exit(EX_USAGE)
+        _setup_logging(obj["config"].log.level)
+    return obj["config"]
+
+
+def _store(ctx: click.Context) -> Any:
+    from gateway.service import build_store
+
+    return build_store(_config(ctx))
+
+
+config_option = click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="TOML config file (default: $ABUSE_GATEWAY_CONFIG, then /etc/abuse-gateway/gateway.toml).",
+    expose_value=True,
+)
+
+
+def _remember_config(ctx: click.Context, config_path: str | None) -> None:
+    if config_path:
+        ctx.ensure_object(dict)["config_path"] = config_path
+
+
+@click.group()
+@config_option
+@click.pass_context
+def main(ctx: click.Context, config_path: str | None) -> None:
+    """The mail gateway behind abuse@: every report kept, a case for each, replies threaded."""
+    _remember_config(ctx, config_path)
+
+
+@main.command()
+@config_option
+@click.pass_context
+def serve(ctx: click.Context, config_path: str | None) -> None:
+    """Run the listener and the workers in the foreground (systemd runs this)."""
+    _remember_config(ctx, config_path)
+    config = _config(ctx)
+    from gateway.service import StoreNotReady, run_service
+
+    for note in warnings_for(config):
+        logging.getLogger("abuse_gateway").warning("%s", note)
+    try:
+        run_service(config)
+    except StoreNotReady as exc:
+        click.echo(f"abuse-gateway: {exc}", err=True)
+        ctx.exit(EX_USAGE)
+    except KeyboardInterrupt:
+        pass
+
+
+def _iter_sources(paths: tuple[str, ...]) -> Iterator[tuple[str, bytes]]:
+    """Each message of each path: a file, a Maildir (cur/ and new/), or a directory of .eml files."""
+    for name in paths:
+        path = Path(name)
+        if path.is_dir() and (path / "cur").is_dir() and (path / "new").is_dir():
+            box = mailbox.Maildir(str(path), factory=None, create=False)
+            for key in sorted(box.keys()):
+                with box.get_file(key) as handle:
+                    yield f"{name}:{key}", handle.read()
+        elif path.is_dir():
+            for child in sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")):
+                yield str(child), child.read_bytes()
+        else:
+            yield str(path), path.read_bytes()
+
+
+@main.command()
+@config_option
+@click.option("--sender", default="", help="Envelope sender (an MTA pipe passes ${sender}).")
+@click.option("--recipient", "recipients", multiple=True, help="Envelope recipient(s).")
+@click.argument("paths", nargs=-1, type=click.Path(exists=True))
+@click.pass_context
+def ingest(
+    ctx: click.Context,
+    config_path: str | None,
+    sender: str,
+    recipients: tuple[str, ...],
+    paths: tuple[str, ...],
+) -> None:
+    """Store messages without SMTP: one from stdin, or every file, Maildir or directory named.
+
+    Prints one case ID per message (or `spooled:<uid>` when the store is down and it went to the spool).
+    """
+    _remember_config(ctx, config_path)
+    config = _config(ctx)
+    from gateway.intake import IntakeWorker
+    from gateway.service import build_threader, check_store
+    from storage.inbox import Envelope, Spool, store_now
+
+    store = _store(ctx)
+    spool = Spool(config.store.spool_dir)
+    rcpts = recipients or (config.intake.addresses[:1] or ("abuse@localhost",))
+    envelope = Envelope(sender, tuple(rcpts), "ingest")
+    sources = _iter_sources(paths) if paths else iter([("-", sys.stdin.buffer.read())])
+    store_ok = True
+    try:
+        check_store(store.engine)
+    except Exception:
+        store_ok = False
+    worker = IntakeWorker(config, store, build_threader(config)) if store_ok else None
+    pending: list[int] = []
+    outcomes: list[str] = []
+    from storage.errors import TransientError
+
+    try:
+        for _name, raw in sources:
+            if store_ok:
+                result = store_now(store.engine, spool, raw, envelope, config.store.commit_budget)
+            else:
+                from storage.inbox import new_uid
+
+                uid = new_uid()
+                from datetime import UTC
+
+                spool.write(uid, raw, envelope, datetime.now(UTC))
+                result = None
+                outcomes.append(f"spooled:{uid}")
+                continue
+            if result.inbox_id is None:
+                outcomes.append(f"spooled:{result.uid}")
+            else:
+                pending.append(result.inbox_id)
+                outcomes.append(f"inbox:{result.inbox_id}")
+            if worker is not None and len(pending) >= 256:
+                worker.drain()
+                pending.clear()
+        if worker is not None:
+            worker.drain()
+    except (TransientError, OSError) as exc:
+        click.echo(f"abuse-gateway: store unavailable: {type(exc).__name__}", err=True)
+        ctx.exit(EX_TEMPFAIL)
+    case_ids = store.case_ids_for_inbox([int(o.split(":")[1]) for o in outcomes if o.startswith("inbox:")])
+    for outcome in outcomes:
+        if outcome.startswith("inbox:"):
+            click.echo(case_ids.get(int(outcome.split(":")[1]), "pending"))
+        else:
+            click.echo(outcome)
+
+
+@main.group()
+def cases() -> None:
+    """Read and manage cases."""
+
+
+def _print_json(value: Any) -> None:
+    click.echo(json.dumps(value, ensure_ascii=False, indent=2, default=str))
+
+
+@cases.command("list")
+@click.option("--status", default=None, help="open or closed")
+@click.option("--indicator", default=None, help="URL, domain, IP or e-mail address (defanged is fine)")
+@click.option("--limit", default=100, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def cases_list(
+    ctx: click.Context, status: str | None, indicator: str | None, limit: int, as_json: bool
+) -> None:
+    """List cases, newest first."""
+    store = _store(ctx)
+    query = None
+    if indicator:
+        from parsers.indicators import indicator_host, parse_indicator_query
+
+        parsed = parse_indicator_query(indicator)
+        if parsed is None:
+            click.echo(f"abuse-gateway: {indicator!r} is not a URL, domain, IP or e-mail address", err=True)
+            ctx.exit(EX_USAGE)
+        query = (parsed.value, indicator_host(parsed) if parsed.kind in ("domain", "ipv4", "ipv6") else None)
+    rows = store.list_cases(status=status, host_or_value=query, limit=limit)
+    if as_json:
+        _print_json(rows)
+        return
+    for row in rows:
+        click.echo(
+            f"{row['case_id']}  {row['status']:<6}  {row['messages']:>3} msg  {row['created_at'][:19]}  "
+            f"{_short_address(row['reporter'])}  {row['subject']}"
+        )
+
+
+def _short_address(address: str | None) -> str:
+    return address or "-"
+
+
+@cases.command("show")
+@click.argument("case_id")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def cases_show(ctx: click.Context, case_id: str, as_json: bool) -> None:
+    """One case with its messages (escaped text), attachments, indicators and flags."""
+    view = _store(ctx).show_case(case_id)
+    if view is None:
+        click.echo(f"abuse-gateway: no case {case_id}", err=True)
+        ctx.exit(EX_NOTFOUND)
+    if as_json:
+        _print_json(view)
+        return
+    click.echo(f"Case {view['case_id']}  [{view['status']}]  reporter: {view['reporter'] or '-'}")
+    click.echo(f"Opened {view['created_at']}  updated {view['updated_at']}")
+    if view["flags"]:
+        click.echo(f"Flags: {', '.join(view['flags'])}")
+    for message in view["messages"]:
+        click.echo("")
+        click.echo(
+            f"--- #{message['index']} {message['kind']} ({message['kind_rule']}) "
+            f"via {message['thread_signal']}  {message['received_at']}"
+        )
+        click.echo(f"From: {message['sender'] or '<>'}")
+        click.echo(f"Subject: {message['subject']}")
+        if message["flags"]:
+            click.echo(f"Flags: {', '.join(message['flags'])}")
+        if message["defects"]:
+            click.echo(f"Defects: {', '.join(message['defects'])}")
+        for attachment in message["attachments"]:
+            click.echo(
+                f"Attachment: {attachment['filename'] or '(unnamed)'} {attachment['content_type']} "
+                f"{attachment['size']} bytes sha256 {attachment['sha256']}"
+            )
+        if message.get("report"):
+            report = message["report"]
+            click.echo(
+                f"Report: {report['format']} category={report['category']} source={report['source_ip']}"
+            )
+            for key, value in report["fields"].items():
+                click.echo(f"  {key}: {_escape_value(value)}")
+        click.echo("")
+        click.echo(message["text"])
+    if view["indicators"]:
+        click.echo("")
+        click.echo("Indicators:")
+        for indicator in view["indicators"]:
+            click.echo(f"  {indicator['kind']:<6} {_escape_value(indicator['value'])}")
+    for event in view.get("events", []):
+        click.echo(f"Event {event['at']}: {event['kind']} {event['detail']}")
+
+
+def _escape_value(value: Any) -> str:
+    from parsers.escape import escape_text
+
+    return escape_text(value if isinstance(value, str) else json.dumps(value, ensure_ascii=False))
+
+
+@cases.command("raw")
+@click.argument("case_id")
+@click.argument("index", type=int)
+@click.pass_context
+def cases_raw(ctx: click.Context, case_id: str, index: int) -> None:
+    """Write message INDEX's original bytes to stdout (evidence export)."""
+    raw = _store(ctx).raw_message(case_id, index)
+    if raw is None:
+        click.echo(f"abuse-gateway: no message {index} in case {case_id}", err=True)
+        ctx.exit(EX_NOTFOUND)
+    out = sys.stdout.buffer
+    out.write(raw)
+    out.flush()
+
+
+@cases.command("export")
+@click.option("--since", default=None, help="ISO date or datetime: cases updated since then")
+@click.pass_context
+def cases_export(ctx: click.Context, since: str | None) -> None:
+    """Every case as one JSON object per line, the shape of `cases show --json`."""
+    since_at = None
+    if since:
+        try:
+            since_at = datetime.fromisoformat(since)
+        except ValueError:
+            click.echo(f"abuse-gateway: --since {since!r} is not an ISO date", err=True)
+            ctx.exit(EX_USAGE)
+        if since_at.tzinfo is None:
+            from datetime import UTC
+
+            since_at = since_at.replace(tzinfo=UTC)
+    for view in _store(ctx).export_cases(since_at):
+        click.echo(json.dumps(view, ensure_ascii=False, default=str))
+
+
+@cases.command("close")
+@click.argument("case_id")
+@click.pass_context
+def cases_close(ctx: click.Context, case_id: str) -> None:
+    """Close a case (a later message reopens it)."""
+    if not _store(ctx).set_status(case_id, "closed", f"by {_unix_user()}"):
+        click.echo(f"abuse-gateway: no case {case_id}", err=True)
+        ctx.exit(EX_NOTFOUND)
+    click.echo(f"{case_id.upper()} closed")
+
+
+@cases.command("reopen")
+@click.argument("case_id")
+@click.pass_context
+def cases_reopen(ctx: click.Context, case_id: str) -> None:
+    """Reopen a closed case."""
+    if not _store(ctx).set_status(case_id, "open", f"by {_unix_user()}"):
+        click.echo(f"abuse-gateway: no case {case_id}", err=True)
+        ctx.exit(EX_NOTFOUND)
+    click.echo(f"{case_id.upper()} open")
+
+
+def _unix_user() -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return str(os.getuid())
+
+
+@main.group()
+def outbox() -> None:
+    """Confirmations and their delivery state."""
+
+
+@outbox.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def outbox_list(ctx: click.Context, as_json: bool) -> None:
+    rows = _store(ctx).list_outbox()
+    if as_json:
+        _print_json(rows)
+        return
+    for row in rows:
+        click.echo(
+            f"{row['id']:>6}  {row['case_id']}  {row['kind']:<15} {row['state']:<10} "
+            f"attempts={row['attempts']}  {row['last_error'] or row['suppressed_reason'] or ''}"
+        )
+
+
+@main.command()
+@click.option("--failed", "mode", flag_value="failed", help="only messages that failed processing")
+@click.option("--all", "mode", flag_value="all", help="every stored message")
+@click.argument("case_id", required=False)
+@click.pass_context
+def reprocess(ctx: click.Context, mode: str | None, case_id: str | None) -> None:
+    """Run stored raw messages through the parsers again, keeping case membership stable."""
+    if not mode and not case_id:
+        click.echo("abuse-gateway: name --failed, --all or a CASE", err=True)
+        ctx.exit(EX_USAGE)
+    from gateway.intake import prepare
+
+    store = _store(ctx)
+    targets = store.messages_for_reprocess(failed_only=mode == "failed", case_id=case_id)
+    done = failed = 0
+    for message_pk, entry in targets:
+        try:
+            store.update_reprocessed(message_pk, prepare(entry))
+            done += 1
+        except SQLAlchemyError:
+            raise
+        except Exception as exc:
+            failed += 1
+            click.echo(f"message {message_pk}: still failing ({type(exc).__name__})", err=True)
+    click.echo(f"reprocessed {done} message(s), {failed} still failing")
+
+
+@main.group()
+def db() -> None:
+    """The case store's schema."""
+
+
+@db.command("upgrade")
+@click.pass_context
+def db_upgrade(ctx: click.Context) -> None:
+    """Create or migrate the store to this release's schema."""
+    from storage import schema
+
+    store = _store(ctx)
+    before = schema.current_revision(store.engine)
+    schema.upgrade(store.engine)
+    after = schema.current_revision(store.engine)
+    click.echo(f"store at schema {after} (was {before or 'empty'})")
+
+
+@main.command("check-config")
+@config_option
+@click.pass_context
+def check_config(ctx: click.Context, config_path: str | None) -> None:
+    """Validate the configuration and print the effective settings, secrets masked."""
+    _remember_config(ctx, config_path)
+    config = _config(ctx)
+    click.echo(f"# source: {config.source or 'built-in defaults'}")
+    _print_json(effective_settings(config))
+    for note in warnings_for(config):
+        click.echo(f"warning: {note}", err=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,230 @@
+"""The gateway's configuration: one frozen object, validated once at start.
+
+Sources, weakest first: built-in defaults (a newcomer's localhost setup), the TOML file
+(`--config`, `ABUSE_GATEWAY_CONFIG`, or `/etc/abuse-gateway/gateway.toml` when it exists), then
+`ABUSE_GATEWAY_<SECTION>_<KEY>` environment variables (lists as JSON or comma-separated). A bad value raises
+`ConfigError` naming the key, and the CLI exits 2 with it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+DEFAULT_CONFIG_PATH = Path("/etc/abuse-gateway/gateway.toml")
+ENV_PREFIX = "ABUSE_GATEWAY_"
+
+
+class ConfigError(Exception):
+    """A configuration value is missing or wrong; the message names the key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _hostport(value: str) -> str:
+    _host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{value!r} is not host:port")
+    return value
+
+
+class SmtpConfig(_Section):
+    listen: tuple[str, ...] = ("127.0.0.1:2525",)
+    hostname: str = "localhost"
+    # 25 MiB, the common provider default; SIZE is advertised (RFC 1870) so senders learn it before DATA.
+    max_message_bytes: int = Field(default=26_214_400, gt=0)
+    # RFC 5321 §4.5.3.1.8 asks servers to accept at least 100; a report needs few, a spam run many.
+    max_recipients: int = Field(default=50, gt=0)
+    # aiosmtpd holds each DATA in memory (about 4x its size at peak), so sessions x size bounds memory.
+    max_sessions: int = Field(default=200, gt=0)
+    max_sessions_per_ip: int = Field(default=20, gt=0)
+    # Idle timeout per command (RFC 5321 §4.5.3.2 suggests 5 minutes) and a hard cap on a whole session.
+    idle_timeout: float = Field(default=300.0, gt=0)
+    session_deadline: float = Field(default=1800.0, gt=0)
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    require_tls: bool = False
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(_hostport(v) for v in value)
+
+
+class IntakeConfig(_Section):
+    # Empty means "abuse@ at any domain": a newcomer's default. Production names its addresses.
+    addresses: tuple[str, ...] = ()
+    case_prefix: str = Field(default="ABU", pattern=r"^[A-Z][A-Z0-9]{1,9}$")
+    # A message that fails processing this many times is stored as `processing_failed` (Mailman's shunt).
+    max_attempts: int = Field(default=3, gt=0)
+    processing_timeout: float = Field(default=30.0, gt=0)
+
+    @field_validator("addresses")
+    @classmethod
+    def _addresses(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for address in value:
+            if address.count("@") != 1 or "+" in address.partition("@")[0]:
+                raise ValueError(f"{address!r} is not a plain local@domain address")
+        return tuple(a.lower() for a in value)
+
+
+class StoreConfig(_Section):
+    url: str = "sqlite:///var/cases.db"
+    spool_dir: str = "var/spool"
+    # How long a commit may be retried before the message is spooled instead (well under SMTP's
+    # 10-minute DATA timeout, RFC 5321 §4.5.3.2.6).
+    commit_budget: float = Field(default=10.0, gt=0)
+    # Group commit: how long the writer waits for more messages to share one transaction and fsync.
+    group_commit_ms: float = Field(default=2.0, ge=0)
+
+
+class ConfirmConfig(_Section):
+    enabled: bool = True
+    from_: str = Field(default="abuse@localhost", alias="from")
+    smarthost: str | None = None
+    smarthost_user: str | None = None
+    smarthost_password: str | None = None
+    starttls: bool = False
+    outbox_dir: str = "var/outbox"
+    per_address_per_hour: int = Field(default=5, ge=0)
+    per_domain_per_hour: int = Field(default=50, ge=0)
+    secret_file: str = "var/reply-token.key"
+    old_secret_files: tuple[str, ...] = ()
+    # Only {case_id} may appear: a confirmation never carries text from the report (issue 4).
+    subject_template: str = "[{case_id}] We received your report"
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @field_validator("subject_template")
+    @classmethod
+    def _subject_template(cls, value: str) -> str:
+        import string
+
+        fields = {name for _, name, _, _ in string.Formatter().parse(value) if name is not None}
+        if fields != {"case_id"}:
+            raise ValueError("must contain {case_id} and no other placeholder")
+        return value
+
+    @field_validator("smarthost")
+    @classmethod
+    def _smarthost(cls, value: str | None) -> str | None:
+        return None if not value else _hostport(value)
+
+
+class LogConfig(_Section):
+    level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
+
+
+class Config(_Section):
+    smtp: SmtpConfig = SmtpConfig()
+    intake: IntakeConfig = IntakeConfig()
+    store: StoreConfig = StoreConfig()
+    confirm: ConfirmConfig = ConfirmConfig()
+    log: LogConfig = LogConfig()
+    source: str | None = None  # the file it came from, for check-config
+
+    def accepts_recipient(self, address: str) -> bool:
+        """RCPT policy: the configured addresses and their plus-tags, or abuse@ anywhere when none are set."""
+        local, _, domain = address.lower().partition("@")
+        base = local.partition("+")[0]
+        if not self.intake.addresses:
+            return base == "abuse" and bool(domain)
+        return f"{base}@{domain}" in self.intake.addresses
+
+
+_SECTIONS: dict[str, type[_Section]] = {
+    "smtp": SmtpConfig,
+    "intake": IntakeConfig,
+    "store": StoreConfig,
+    "confirm": ConfirmConfig,
+    "log": LogConfig,
+}
+
+
+def _env_value(raw: str, annotation: Any) -> Any:
+    """Environment values are strings; lists come as JSON or comma-separated."""
+    if "tuple" in str(annotation):
+        stripped = raw.strip()
+        if stripped.startswith("["):
+            return json.loads(stripped)
+        return [part.strip() for part in stripped.split(",") if part.strip()]
+    return raw
+
+
+def _apply_env(data: dict[str, dict[str, Any]], environ: dict[str, str]) -> None:
+    for section, model in _SECTIONS.items():
+        for name, info in model.model_fields.items():
+            key = info.alias or name
+            var = f"{ENV_PREFIX}{section.upper()}_{key.upper()}"
+            if var in environ:
+                try:
+                    data.setdefault(section, {})[key] = _env_value(environ[var], info.annotation)
+                except ValueError as exc:
+                    raise ConfigError(f"{var}: {exc}") from exc
+
+
+def _describe(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        key = ".".join(str(p) for p in item["loc"])
+        lines.append(f"{key}: {item['msg']}")
+    return "; ".join(lines)
+
+
+def resolve_path(path: str | os.PathLike[str] | None, environ: dict[str, str] | None = None) -> Path | None:
+    environ = dict(os.environ) if environ is None else environ
+    if path:
+        return Path(path)
+    if environ.get(f"{ENV_PREFIX}CONFIG"):
+        return Path(environ[f"{ENV_PREFIX}CONFIG"])
+    if DEFAULT_CONFIG_PATH.exists():
+        return DEFAULT_CONFIG_PATH
+    return None
+
+
+def load_config(path: str | os.PathLike[str] | None = None, environ: dict[str, str] | None = None) -> Config:
+    environ = dict(os.environ) if environ is None else environ
+    config_path = resolve_path(path, environ)
+    data: dict[str, Any] = {}
+    if config_path is not None:
+        try:
+            data = tomllib.loads(config_path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"config file {config_path}: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {config_path}: {exc}") from exc
+        unknown = set(data) - set(_SECTIONS)
+        if unknown:
+            raise ConfigError(f"unknown section(s): {', '.join(sorted(unknown))}")
+    _apply_env(data, environ)
+    try:
+        return Config.model_validate({**data, "source": str(config_path) if config_path else None})
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from exc
+
+
+def effective_settings(config: Config) -> dict[str, Any]:
+    """The settings as check-config prints them: secrets masked, never echoed."""
+    dumped = config.model_dump(by_alias=True)
+    if dumped["confirm"].get("smarthost_password"):
+        dumped["confirm"]["smarthost_password"] = "********"
+    return dumped
+
+
+def warnings_for(config: Config) -> list[str]:
+    notes = []
+    if config.confirm.enabled and not config.confirm.smarthost:
+        notes.append(
+            "confirm.smarthost is not set: confirmations are written as .eml files under "
+            f"{config.confirm.outbox_dir}; production needs a smarthost"
+        )
+    if not config.intake.addresses:
+        notes.append("intake.addresses is empty: abuse@ is accepted at any domain")
+    return notes

@@ -1,0 +1,323 @@
+"""Confirmations: decided with the case, queued in its transaction, sent by a worker, never abusable.
+
+The policy (RFC 3834 §2, §4) runs inside the case transaction and returns either a queued confirmation to
+the *envelope sender* or a suppression with its reason; both are recorded. The mail itself carries only
+what we wrote: the case ID, what happens next, a signed reply address. Never a word of the report, not
+even its subject, so nobody can make us mail attacker-chosen text to a forged address (the 2025
+helpdesk relay-spam attacks).
+
+The worker claims due rows, sends through the smarthost (aiosmtplib; STARTTLS/AUTH when configured) or,
+with no smarthost, writes an .eml under `outbox_dir`. 4xx and connection errors retry — a few quick tries
+with tenacity, then a row-level exponential backoff with jitter for up to two days; a 5xx fails the row
+with the server's reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import logging
+import os
+import random
+import secrets
+from datetime import UTC, datetime, timedelta
+from email.message import EmailMessage
+from email.utils import format_datetime, make_msgid
+from pathlib import Path
+
+import aiosmtplib
+from parsers.reply_token import make_reply_token
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
+
+from gateway.config import Config
+from parsers.auto import is_bulk_or_list
+from storage.store import CaseStore, ConfirmRequest, Lookup, OutboxJob, PreparedMessage
+
+log = logging.getLogger("abuse_gateway.confirm")
+
+LOOP_HEADER = "X-Abuse-Gateway-Loop"
+GIVE_UP_AFTER = timedelta(days=2)
+_SYSTEM_LOCALPARTS = {
+    "mailer-daemon",
+    "postmaster",
+    "noreply",
+    "no-reply",
+    "no_reply",
+    "donotreply",
+    "do-not-reply",
+    "do_not_reply",
+    "bounce",
+    "bounces",
+}
+
+
+# ---- keys ------------------------------------------------------------------------------------------------
+
+
+def _read_or_create_key(path: Path) -> bytes:
+    try:
+        return path.read_bytes().strip()
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_hex(32).encode()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process created it first
+        return path.read_bytes().strip()
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(key + b"\n")
+    log.info("created reply-token key: path=%s", path)
+    return key
+
+
+def load_token_keys(config: Config) -> list[bytes]:
+    """Current key first (signs), then old keys (still verify), so keys rotate without breaking replies."""
+    keys = [_read_or_create_key(Path(config.confirm.secret_file))]
+    for old in config.confirm.old_secret_files:
+        with contextlib.suppress(OSError):
+            keys.append(Path(old).read_bytes().strip())
+    return [k for k in keys if k]
+
+
+def loop_signature(key: bytes, message_id: str) -> str:
+    return hmac.new(key, b"loop:" + message_id.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+# ---- policy ----------------------------------------------------------------------------------------------
+
+
+def _suppression(item: PreparedMessage, sender: str) -> str | None:
+    """Why no auto-reply may go to this message, in RFC 3834's order of concerns; None when one may."""
+    parsed = item.parsed
+    if "processing_failed" in item.flags:
+        return "unparsed"
+    if not sender or sender == "<>":
+        return "null_sender"
+    if sender.partition("@")[0].lower() in _SYSTEM_LOCALPARTS:
+        return "system_sender"
+    if item.kind == "machine_report":
+        return "machine_report"
+    if item.kind == "automatic":
+        return "automatic"
+    auto_submitted = (parsed.header("Auto-Submitted") or "no").strip().lower()
+    if not auto_submitted.startswith("no"):
+        return "auto_submitted"
+    bulk = is_bulk_or_list(parsed)
+    if bulk:
+        return "bulk_or_list"
+    suppress = (parsed.header("X-Auto-Response-Suppress") or "").lower()
+    if "all" in suppress or "autoreply" in suppress:
+        return "x_auto_response_suppress"
+    if parsed.header(LOOP_HEADER) is not None:
+        return "own_mail"
+    return None
+
+
+def confirm_policy(config: Config) -> object:
+    domain = config.confirm.from_.partition("@")[2] or "localhost"
+    per_address = config.confirm.per_address_per_hour
+    per_domain = config.confirm.per_domain_per_hour
+
+    def decide(item: PreparedMessage, lookup: Lookup, opening: bool) -> ConfirmRequest | None:
+        sender = (item.entry.mail_from or "").strip().lower()
+        kind = "confirmation" if opening else "acknowledgement"
+        reason = _suppression(item, sender)
+        if reason is None and item.parsed.message_id and item.parsed.message_id.endswith(f"@{domain}"):
+            if lookup.case_for_message_ids([item.parsed.message_id]):
+                reason = "own_mail"
+        if reason is None:
+            since = datetime.now(UTC) - timedelta(hours=1)
+            if lookup.confirmations_since(sender, since) >= per_address:
+                reason = "rate_limited_address"
+            elif lookup.confirmations_to_domain_since(sender.partition("@")[2], since) >= per_domain:
+                reason = "rate_limited_domain"
+        if reason is not None:
+            return ConfirmRequest(recipient=sender, kind=kind, suppressed_reason=reason)
+        return ConfirmRequest(recipient=sender, kind=kind, message_id=make_msgid(domain=domain)[1:-1])
+
+    return decide
+
+
+# ---- the mail --------------------------------------------------------------------------------------------
+
+_CONFIRMATION_BODY = """\
+Hello,
+
+we received your report and opened case {case_id}.
+
+What happens next: the abuse team reviews every report. You will hear from us if we need anything else.
+
+To add information (a missing password, another sample, a correction), reply to this message and keep
+{case_id} in the subject, or write to {reply_to}. Everything you send joins the same case.
+
+This is an automatic message; please do not reply only to say thank you.
+"""
+
+_ACK_BODY = """\
+Hello,
+
+your message was added to case {case_id}.
+
+To add more, reply to this message and keep {case_id} in the subject, or write to {reply_to}.
+
+This is an automatic message.
+"""
+
+
+def build_message(config: Config, job: OutboxJob, key: bytes) -> EmailMessage:
+    """The confirmation, from our own text only (no byte of the report reaches it)."""
+    sender = config.confirm.from_
+    local, _, domain = sender.partition("@")
+    reply_to = f"{local}+{make_reply_token(job.case_id, key)}@{domain}"
+    message = EmailMessage()
+    message["From"] = sender
+    message["To"] = job.recipient
+    if job.kind == "confirmation":
+        message["Subject"] = config.confirm.subject_template.format(case_id=job.case_id)
+        body = _CONFIRMATION_BODY
+    else:
+        message["Subject"] = f"[{job.case_id}] Added to your case"
+        body = _ACK_BODY
+    message["Date"] = format_datetime(datetime.now(UTC))
+    message_id = job.message_id or make_msgid(domain=domain)[1:-1]
+    message["Message-ID"] = f"<{message_id}>"
+    if job.in_reply_to:
+        message["In-Reply-To"] = f"<{job.in_reply_to}>"
+        message["References"] = f"<{job.in_reply_to}>"
+    message["Reply-To"] = reply_to
+    message["Auto-Submitted"] = "auto-replied"  # RFC 3834 §5
+    message["X-Auto-Response-Suppress"] = "All"  # Exchange: no out-of-office back to us
+    message[LOOP_HEADER] = loop_signature(key, message_id)
+    message.set_content(body.format(case_id=job.case_id, reply_to=reply_to))
+    return message
+
+
+# ---- delivery --------------------------------------------------------------------------------------------
+
+
+class TransientSendError(Exception):
+    pass
+
+
+class PermanentSendError(Exception):
+    pass
+
+
+def _retryable(exc: BaseException) -> bool:
+    return isinstance(exc, TransientSendError)
+
+
+def backoff(attempts: int) -> timedelta:
+    """Exponential with jitter: about 1, 2, 4 … minutes, capped at 2 hours between tries."""
+    base = min(7200.0, 60.0 * 2 ** max(attempts - 1, 0))
+    return timedelta(seconds=base * random.uniform(0.75, 1.25))
+
+
+class ConfirmWorker:
+    def __init__(self, config: Config, store: CaseStore, poll_seconds: float = 1.0) -> None:
+        self.config = config
+        self.store = store
+        self.poll_seconds = poll_seconds
+        self.key = load_token_keys(config)[0]
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            try:
+                jobs = await asyncio.to_thread(self.store.claim_outbox)
+            except Exception as exc:
+                log.warning("outbox claim failed: error=%s", type(exc).__name__)
+                jobs = []
+            for job in jobs:
+                await self.send(job)
+            if not jobs:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.poll_seconds)
+
+    async def send(self, job: OutboxJob) -> str:
+        message = build_message(self.config, job, self.key)
+        try:
+            async for attempt in AsyncRetrying(
+                retry=retry_if_exception(_retryable),
+                stop=stop_after_attempt(3),
+                wait=wait_random_exponential(multiplier=0.2, max=2.0),
+                reraise=True,
+            ):
+                with attempt:
+                    await self._deliver(message, job.recipient)
+        except PermanentSendError as exc:
+            await asyncio.to_thread(self.store.finish_outbox, job.outbox_id, "failed", error=str(exc))
+            log.warning(
+                "confirmation failed: outbox_id=%d case_id=%s reply=%s",
+                job.outbox_id,
+                job.case_id,
+                str(exc)[:3],
+            )
+            return "failed"
+        except TransientSendError as exc:
+            if datetime.now(UTC) - job.created_at > GIVE_UP_AFTER:
+                await asyncio.to_thread(
+                    self.store.finish_outbox, job.outbox_id, "failed", error=f"gave up after 2 days: {exc}"
+                )
+                return "failed"
+            due = datetime.now(UTC) + backoff(job.attempts + 1)
+            await asyncio.to_thread(
+                self.store.finish_outbox, job.outbox_id, "retrying", error=str(exc), next_attempt_at=due
+            )
+            log.info(
+                "confirmation deferred: outbox_id=%d case_id=%s attempts=%d",
+                job.outbox_id,
+                job.case_id,
+                job.attempts + 1,
+            )
+            return "retrying"
+        await asyncio.to_thread(self.store.finish_outbox, job.outbox_id, "sent")
+        log.info("confirmation sent: outbox_id=%d case_id=%s", job.outbox_id, job.case_id)
+        return "sent"
+
+    async def _deliver(self, message: EmailMessage, recipient: str) -> None:
+        config = self.config.confirm
+        if not config.smarthost:
+            await asyncio.to_thread(self._write_eml, message)
+            return
+        host, _, port = config.smarthost.rpartition(":")
+        try:
+            # Envelope sender = our From, not <>: RFC 3834 §3.3 prefers null, but a bounce of a confirmation
+            # must reach us so `outbox list` can show it (issue 5); loops are stopped by our loop header.
+            await aiosmtplib.send(
+                message,
+                sender=config.from_,
+                recipients=[recipient],
+                hostname=host.strip("[]"),
+                port=int(port),
+                start_tls=config.starttls,
+                username=config.smarthost_user,
+                password=config.smarthost_password,
+                timeout=30,
+            )
+        except aiosmtplib.SMTPRecipientsRefused as exc:
+            refusal = exc.recipients[0] if exc.recipients else None
+            code = refusal.code if refusal is not None else 550
+            text = f"{code} {refusal.message if refusal is not None else exc}"
+            raise (PermanentSendError if 500 <= code < 600 else TransientSendError)(text) from exc
+        except aiosmtplib.SMTPResponseException as exc:
+            text = f"{exc.code} {exc.message}"
+            raise (PermanentSendError if 500 <= exc.code < 600 else TransientSendError)(text) from exc
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            raise TransientSendError(f"connection: {type(exc).__name__}") from exc
+
+    def _write_eml(self, message: EmailMessage) -> None:
+        directory = Path(self.config.confirm.outbox_dir)
+        directory.mkdir(parents=True, exist_ok=True)
+        name = str(message["Message-ID"]).strip("<>").replace("/", "_")
+        target = directory / f"{name}.eml"
+        tmp = directory / f".{name}.tmp"
+        tmp.write_bytes(bytes(message))
+        os.replace(tmp, target)

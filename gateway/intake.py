@@ -1,0 +1,217 @@
+"""Inbox → case: parse, classify, escape, thread and store each inbox entry, off the SMTP path.
+
+Idempotent per inbox entry (the store keys messages by inbox id). A message whose processing raises is
+retried; after `max_attempts` it is stored anyway, raw bytes and all, in a case of its own with the flag
+`processing_failed` (Mailman's shunt queue, except that the desk sees it and `reprocess` retries it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+
+from parsers.indicators import extract_indicators, indicator_host
+from parsers.message import ParseLimits, parse_message
+
+from gateway.config import Config
+from gateway.threader import Threader
+from parsers.auto import classify
+from parsers.escape import escape_text
+from parsers.reports import parse_machine_report
+from parsers.types import Indicator, MachineReport, ParsedMessage
+from storage.store import CaseStore, ClaimedEntry, Committed, PreparedMessage
+
+log = logging.getLogger("abuse_gateway.intake")
+
+ParseFn = Callable[[bytes], ParsedMessage]
+_KIND = {"person": "report", "machine_report": "machine_report", "automatic": "automatic"}
+# Inbound headers that imitate ours are evidence of an attempt, never a signal (issue 7).
+_OUR_HEADER_PREFIX = "x-abuse-gateway-"
+
+
+def default_parser(limits: ParseLimits | None = None) -> ParseFn:
+    if limits is None:
+        return parse_message
+    return lambda raw: parse_message(raw, limits)
+
+
+def _report_fields(report: MachineReport) -> dict[str, object]:
+    return {
+        "format": report.format,
+        "category": report.category,
+        "source_ip": report.source_ip,
+        "domains": list(report.domains),
+        "urls": list(report.urls),
+        "fields": {k: v for k, v in report.fields.items()},
+        "original_headers": [list(pair) for pair in report.original_headers],
+    }
+
+
+def _indicators(
+    parsed: ParsedMessage, report: MachineReport | None
+) -> tuple[tuple[Indicator, str | None], ...]:
+    texts = [parsed.subject, parsed.text, *parsed.html_links]
+    if report is not None:
+        texts += [*report.urls, *report.domains, report.source_ip or ""]
+    found: dict[Indicator, None] = {}
+    for text in texts:
+        if text:
+            for indicator in extract_indicators(text):
+                found.setdefault(indicator)
+    return tuple((i, indicator_host(i)) for i in found)
+
+
+def _group_key(report: MachineReport | None) -> str | None:
+    if report is None:
+        return None
+    source = report.source_ip or (report.domains[0] if report.domains else None)
+    if not source:
+        return None
+    return f"{report.category or 'unknown'}|{source.lower()}"
+
+
+def prepare(entry: ClaimedEntry, parse: ParseFn = parse_message) -> PreparedMessage:
+    """The pure stages for one entry. May raise only if `parse` (a test hook, a future parser) does."""
+    parsed = parse(entry.raw)
+    report = parse_machine_report(entry.raw)
+    classification = classify(parsed, entry.mail_from, report)
+    flags = []
+    if any(name.lower().startswith(_OUR_HEADER_PREFIX) for name, _ in parsed.headers):
+        flags.append("untrusted_gateway_headers")
+    return PreparedMessage(
+        entry=entry,
+        parsed=parsed,
+        kind=_KIND[classification.kind],
+        kind_rule=classification.rule,
+        escaped_subject=escape_text(parsed.subject),
+        escaped_text=escape_text(parsed.text),
+        escaped_filenames=tuple(
+            escape_text(a.filename) if a.filename else a.filename for a in parsed.attachments
+        ),
+        indicators=_indicators(parsed, report),
+        report=_report_fields(report) if report is not None else None,
+        defects=parsed.defects,
+        flags=tuple(flags),
+        group_key=_group_key(report),
+    )
+
+
+def failed(entry: ClaimedEntry, error: str) -> PreparedMessage:
+    """What is stored when processing keeps failing: the raw bytes (already in the inbox) and why."""
+    return PreparedMessage(
+        entry=entry,
+        parsed=ParsedMessage(defects=(f"processing_failed: {error}",)),
+        kind="report",
+        kind_rule="processing_failed",
+        escaped_subject="",
+        escaped_text="",
+        escaped_filenames=(),
+        indicators=(),
+        defects=(f"processing_failed: {error}",),
+        flags=("processing_failed",),
+    )
+
+
+class IntakeWorker:
+    """Claims inbox entries and processes them in a thread, so the event loop keeps serving SMTP."""
+
+    def __init__(
+        self,
+        config: Config,
+        store: CaseStore,
+        threader: Threader,
+        parse: ParseFn = parse_message,
+        batch: int = 64,
+        on_committed: Callable[[Sequence[Committed]], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.threader = threader
+        self.parse = parse
+        self.batch = batch
+        self.on_committed = on_committed
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="intake-worker")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                done = await asyncio.to_thread(self.process_once)
+            except Exception as exc:  # the store is down: back off, the entries stay pending
+                log.warning("intake pass failed: error=%s", type(exc).__name__)
+                done = 0
+                await asyncio.sleep(1.0)
+            if done == 0:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=1.0)
+
+    def process_once(self) -> int:
+        """Claim, prepare and commit one batch; returns how many entries it handled."""
+        entries = self.store.claim_inbox(
+            self.batch, lease=max(60.0, self.config.intake.processing_timeout * 4)
+        )
+        if not entries:
+            return 0
+        prepared: list[PreparedMessage] = []
+        for entry in entries:
+            started = time.monotonic()
+            try:
+                prepared.append(prepare(entry, self.parse))
+            except Exception as exc:
+                error = type(exc).__name__
+                if entry.attempts >= self.config.intake.max_attempts:
+                    log.error(
+                        "processing failed for good: inbox_id=%d attempts=%d error=%s",
+                        entry.inbox_id,
+                        entry.attempts,
+                        error,
+                    )
+                    prepared.append(failed(entry, error))
+                else:
+                    log.warning(
+                        "processing failed: inbox_id=%d attempt=%d error=%s",
+                        entry.inbox_id,
+                        entry.attempts,
+                        error,
+                    )
+                    self.store.release_failed(entry.inbox_id, error)
+                continue
+            log.debug("prepared: inbox_id=%d ms=%.1f", entry.inbox_id, (time.monotonic() - started) * 1000)
+        if not prepared:
+            return len(entries)
+        committed = self.store.commit_processed(prepared, self.threader.resolve)
+        for item in committed:
+            log.info(
+                "stored: inbox_id=%d case_id=%s index=%d kind=%s signal=%s opened=%s duplicate=%s",
+                item.inbox_id,
+                item.case_id,
+                item.message_index,
+                item.kind,
+                item.signal,
+                item.opened,
+                item.duplicate,
+            )
+        if self.on_committed is not None:
+            self.on_committed(committed)
+        return len(entries)
+
+    def drain(self) -> None:
+        """Process until the inbox is empty (ingest, reprocess and tests use this synchronously)."""
+        while self.process_once():
+            pass

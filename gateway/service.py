@@ -1,0 +1,173 @@
+"""The process: one asyncio loop holding the listener, the inbox writer, the intake worker, the spool
+replayer and the confirmation worker; start-up checks, signals and systemd notification.
+
+Start-up order is what makes READY=1 true: the store is reachable and at the current schema, the
+listeners are bound, then the workers start and systemd is told (sd_notify, `Type=notify`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from sqlalchemy import Engine
+
+from gateway import sdnotify
+from gateway.config import Config
+from gateway.intake import IntakeWorker, ParseFn, default_parser
+from gateway.smtp import ConnectionLimits, GatewayHandler, start_listeners, tls_context
+from gateway.threader import Threader
+from parsers.case_ref import new_case_id
+from storage import schema
+from storage.engine import make_engine
+from storage.inbox import Inbox, Spool
+from storage.store import CaseStore
+
+log = logging.getLogger("abuse_gateway.service")
+
+
+class StoreNotReady(Exception):
+    """The store is missing its schema or needs `db upgrade`; `serve` refuses to start on it."""
+
+
+def check_store(engine: Engine) -> None:
+    if schema.needs_upgrade(engine):
+        current = schema.current_revision(engine)
+        raise StoreNotReady(
+            f"the store is at schema {current or 'none'}, this release needs {schema.head_revision()}: "
+            "run `abuse-gateway db upgrade` first"
+        )
+
+
+def build_store(config: Config, engine: Engine | None = None) -> CaseStore:
+    engine = engine or make_engine(config.store.url)
+    prefix = config.intake.case_prefix
+    return CaseStore(engine, new_case_id=lambda: new_case_id(prefix))
+
+
+def build_threader(config: Config) -> Threader:
+    from gateway.confirm import confirm_policy, load_token_keys
+
+    keys = load_token_keys(config)
+    return Threader(
+        config.intake.case_prefix,
+        token_keys=keys,
+        confirm_policy=confirm_policy(config) if config.confirm.enabled else None,
+    )
+
+
+@dataclass
+class Service:
+    config: Config
+    parse: ParseFn | None = None
+    servers: list[asyncio.Server] = field(default_factory=list)
+    limits: ConnectionLimits | None = None
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    on_ready: Callable[[Service], None] | None = None
+
+    def __post_init__(self) -> None:
+        self.engine = make_engine(self.config.store.url)
+        self.store = build_store(self.config, self.engine)
+        self.spool = Spool(self.config.store.spool_dir)
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def ports(self) -> list[int]:
+        return [s.sockets[0].getsockname()[1] for s in self.servers if s.sockets]
+
+    async def run(self) -> None:
+        await asyncio.to_thread(check_store, self.engine)
+        self.threader = build_threader(self.config)
+        self.worker = IntakeWorker(self.config, self.store, self.threader, self.parse or default_parser())
+        self.inbox = Inbox(
+            self.engine,
+            self.spool,
+            commit_budget=self.config.store.commit_budget,
+            group_window=self.config.store.group_commit_ms / 1000,
+            on_stored=lambda _ids: self.worker.wake(),
+        )
+        self.inbox.start()
+        handler = GatewayHandler(self.config, self.inbox)
+        self.servers, self.limits = await start_listeners(self.config, handler, tls_context(self.config))
+        self.worker.start()
+        self._tasks.append(
+            asyncio.get_running_loop().create_task(self._replay_spool(), name="spool-replayer")
+        )
+        if self.config.confirm.enabled:
+            from gateway.confirm import ConfirmWorker
+
+            self.confirmer = ConfirmWorker(self.config, self.store)
+            self._tasks.append(asyncio.get_running_loop().create_task(self.confirmer.run(), name="confirm"))
+        self._install_signals()
+        log.info("serving: listen=%s store=%s", ",".join(self.config.smtp.listen), self.engine.dialect.name)
+        sdnotify.notify("READY=1")
+        self.ready.set()
+        if self.on_ready is not None:
+            self.on_ready(self)
+        watchdog = sdnotify.watchdog_interval()
+        if watchdog:
+            self._tasks.append(asyncio.get_running_loop().create_task(self._watchdog(watchdog)))
+        await self._stop.wait()
+        await self.shutdown()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _install_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(signal.SIGTERM, self.stop)
+            loop.add_signal_handler(signal.SIGINT, self.stop)
+
+    async def shutdown(self, grace: float = 30.0) -> None:
+        """Stop accepting, let sessions finish their DATA (bounded), flush the inbox, stop the workers."""
+        sdnotify.notify("STOPPING=1")
+        for server in self.servers:
+            server.close()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._sessions_done(), grace)
+        await self.inbox.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(asyncio.to_thread(self.worker.drain), grace)
+        await self.worker.stop()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self.engine.dispose()
+        log.info("stopped")
+
+    async def _sessions_done(self) -> None:
+        if self.limits is not None:
+            await self.limits.idle.wait()
+
+    async def _replay_spool(self) -> None:
+        while True:
+            if self.spool.depth():
+                try:
+                    moved = await asyncio.to_thread(self.spool.replay, self.engine)
+                    log.info("spool replayed: messages=%d", moved)
+                    self.worker.wake()
+                except Exception as exc:
+                    log.warning("spool replay failed: error=%s", type(exc).__name__)
+            await asyncio.sleep(2.0)
+
+    async def _watchdog(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval / 2)
+            try:
+                await asyncio.wait_for(asyncio.to_thread(self.store.inbox_depth), interval / 4)
+            except Exception:
+                log.warning("watchdog: store unhealthy, withholding WATCHDOG=1")
+                continue
+            sdnotify.notify("WATCHDOG=1")
+
+
+def run_service(config: Config) -> None:
+    asyncio.run(Service(config).run())

@@ -1,0 +1,234 @@
+"""The SMTP listener: checks the envelope, hands the bytes to the inbox, answers.
+
+Refuse only what SMTP itself should refuse, at the earliest step: an unknown recipient at RCPT
+(550 5.1.1), too many recipients (452 4.5.3), a message over the size limit (552 5.3.4), too many
+connections (421 4.7.0). Content is never refused: a 250 comes once the raw bytes are committed (or
+spooled), a 451 when neither store nor spool can take them, and nothing else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from gateway.config import Config
+from storage.errors import TransientError
+from storage.inbox import Envelope as InboxEnvelope
+from storage.inbox import Inbox
+
+log = logging.getLogger("abuse_gateway.smtp")
+
+# Reply codes, shared by code and tests (RFC 5321 §4.2, enhanced codes RFC 3463).
+OK = "250 2.0.0 OK: queued as {uid}"
+RCPT_OK = "250 2.1.5 OK"
+UNKNOWN_RECIPIENT = "550 5.1.1 No such recipient here"
+TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
+TOO_BIG = "552 5.3.4 Message too big for system"
+TRY_LATER = "451 4.3.0 Temporary failure, please try again later"
+TOO_MANY_CONNECTIONS = "421 4.7.0 Too many connections, try again later"
+SESSION_EXPIRED = "421 4.4.2 Session time limit exceeded, closing"
+TLS_REQUIRED = "530 5.7.0 Must issue a STARTTLS command first"
+
+# aiosmtpd's own wording for the size refusals; rewritten to carry the enhanced code (RFC 3463 §3.5).
+_AIOSMTPD_TOO_BIG = (
+    b"552 Error: Too much mail data",
+    b"552 Error: message size exceeds fixed maximum message size",
+)
+
+
+@dataclass
+class ConnectionLimits:
+    """Counts of live sessions, in total and per client IP; the only shared state of the listener."""
+
+    max_sessions: int
+    max_per_ip: int
+    total: int = 0
+    per_ip: Counter[str] = field(default_factory=Counter)
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self.idle.set()
+
+    def admit(self, ip: str) -> bool:
+        if self.total >= self.max_sessions or self.per_ip[ip] >= self.max_per_ip:
+            return False
+        self.total += 1
+        self.per_ip[ip] += 1
+        self.idle.clear()
+        return True
+
+    def release(self, ip: str) -> None:
+        self.total -= 1
+        self.per_ip[ip] -= 1
+        if self.per_ip[ip] <= 0:
+            del self.per_ip[ip]
+        if self.total <= 0:
+            self.idle.set()
+
+
+class GatewaySMTP(SMTP):
+    """aiosmtpd's state machine with our limits.
+
+    - DATA lines may be as long as the whole message: RFC 5321 §4.5.3.1.6 caps lines at 1000 octets, but
+      a 10 MB single-line report is still a report, and refusing it would be a 5xx for content. Command
+      lines keep their own limit (`command_size_limit`, 512 per RFC 5321 §4.5.3.1.4).
+    - a session deadline on top of aiosmtpd's idle timeout, which is not reset during DATA and has no cap
+      on a session that keeps talking.
+    """
+
+    def __init__(
+        self, handler: GatewayHandler, *, limits: ConnectionLimits, session_deadline: float, **kwargs: Any
+    ) -> None:
+        self.line_length_limit = max(int(kwargs.get("data_size_limit") or 0) + 2, 1001)
+        super().__init__(handler, **kwargs)
+        self._limits = limits
+        self._deadline = session_deadline
+        self._deadline_handle: asyncio.TimerHandle | None = None
+        self._admitted_ip: str | None = None
+        self.started = time.monotonic()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        first = self.transport is None
+        if first:
+            peer = transport.get_extra_info("peername")
+            ip = str(peer[0]) if peer else "?"
+            if not self._limits.admit(ip):
+                log.warning("refused: reason=too_many_connections client=%s", ip)
+                transport.write(TOO_MANY_CONNECTIONS.encode() + b"\r\n")  # type: ignore[attr-defined]
+                transport.close()
+                return
+            self._admitted_ip = ip
+            self._deadline_handle = self.loop.call_later(self._deadline, self._expire)
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self._admitted_ip is None:
+            return  # refused at the door: aiosmtpd never set up this session
+        self._limits.release(self._admitted_ip)
+        self._admitted_ip = None
+        if self._deadline_handle is not None:
+            self._deadline_handle.cancel()
+        super().connection_lost(error)
+
+    def _expire(self) -> None:
+        if self.transport is not None:
+            log.warning("session deadline reached: client=%s seconds=%.0f", self._admitted_ip, self._deadline)
+            self.transport.write(SESSION_EXPIRED.encode() + b"\r\n")  # type: ignore[attr-defined]
+            self.transport.close()
+
+    async def push(self, status: bytes | str) -> None:
+        raw = status.encode("utf-8") if isinstance(status, str) else status
+        if raw in _AIOSMTPD_TOO_BIG:
+            log.info("refused: reason=too_big client=%s", self._admitted_ip)
+            raw = TOO_BIG.encode()
+        await super().push(raw)
+
+
+class GatewayHandler:
+    """The aiosmtpd handler: RCPT policy and raw-first DATA. Holds no per-session state."""
+
+    def __init__(self, config: Config, inbox: Inbox, on_accepted: Callable[[], None] | None = None) -> None:
+        self.config = config
+        self.inbox = inbox
+        self.on_accepted = on_accepted
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
+    ) -> str:
+        if not self.config.accepts_recipient(address):
+            log.info("refused: reason=unknown_recipient client=%s", _ip(session))
+            return UNKNOWN_RECIPIENT
+        if len(envelope.rcpt_tos) >= self.config.smtp.max_recipients:
+            log.info("refused: reason=too_many_recipients client=%s", _ip(session))
+            return TOO_MANY_RECIPIENTS
+        envelope.rcpt_tos.append(address)  # a hook that handles RCPT must record it itself
+        envelope.rcpt_options.extend(rcpt_options)
+        return RCPT_OK
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        raw = envelope.original_content or b""
+        started = time.monotonic()
+        try:
+            result = await self.inbox.append(
+                bytes(raw),
+                InboxEnvelope(envelope.mail_from or "", tuple(envelope.rcpt_tos), _ip(session)),
+            )
+        except TransientError:
+            log.error("refused: reason=store_unavailable client=%s size=%d", _ip(session), len(raw))
+            return TRY_LATER
+        log.info(
+            "accepted: inbox_id=%s uid=%s size=%d spooled=%s commit_ms=%.1f client=%s",
+            result.inbox_id,
+            result.uid,
+            len(raw),
+            result.spooled,
+            (time.monotonic() - started) * 1000,
+            _ip(session),
+        )
+        if self.on_accepted is not None:
+            self.on_accepted()
+        return OK.format(uid=result.uid)
+
+    async def handle_exception(self, error: Exception) -> str:
+        # Never 500: a 5xx tells the sender to give up on a message we simply failed to take.
+        log.error("smtp hook error: %s", type(error).__name__)
+        return TRY_LATER
+
+
+def _ip(session: Session) -> str:
+    peer = session.peer
+    if isinstance(peer, tuple) and peer:
+        return str(peer[0])
+    return str(peer or "?")
+
+
+def tls_context(config: Config) -> ssl.SSLContext | None:
+    if not (config.smtp.tls_cert and config.smtp.tls_key):
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(config.smtp.tls_cert, config.smtp.tls_key)
+    return context
+
+
+def protocol_factory(
+    config: Config, handler: GatewayHandler, limits: ConnectionLimits, tls: ssl.SSLContext | None = None
+) -> Callable[[], GatewaySMTP]:
+    def make() -> GatewaySMTP:
+        return GatewaySMTP(
+            handler,
+            limits=limits,
+            session_deadline=config.smtp.session_deadline,
+            data_size_limit=config.smtp.max_message_bytes,
+            enable_SMTPUTF8=True,
+            decode_data=False,
+            hostname=config.smtp.hostname,  # otherwise each connection does a blocking getfqdn()
+            ident="abuse-gateway",
+            tls_context=tls,
+            require_starttls=config.smtp.require_tls and tls is not None,
+            timeout=config.smtp.idle_timeout,
+        )
+
+    return make
+
+
+async def start_listeners(
+    config: Config, handler: GatewayHandler, tls: ssl.SSLContext | None = None
+) -> tuple[list[asyncio.Server], ConnectionLimits]:
+    """Bind every `listen` address in the running loop (no aiosmtpd Controller: one loop, no thread)."""
+    logging.getLogger("mail.log").setLevel(logging.WARNING)  # its INFO lines cost ~25 % of throughput
+    limits = ConnectionLimits(config.smtp.max_sessions, config.smtp.max_sessions_per_ip)
+    factory = protocol_factory(config, handler, limits, tls)
+    loop = asyncio.get_running_loop()
+    servers = []
+    for address in config.smtp.listen:
+        host, _, port = address.rpartition(":")
+        servers.append(await loop.create_server(factory, host.strip("[]") or None, int(port)))
+    return servers, limits

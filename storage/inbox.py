@@ -1,0 +1,311 @@
+"""Raw first: the inbox write that stands behind every 250.
+
+    SMTP DATA ──append()──▶ queue ──writer task──▶ one transaction + one fsync for the whole group
+                                         │ store fails past its budget
+                                         ▼
+                                    spool dir (write, fsync, rename, fsync dir) ──replayer──▶ store
+
+Group commit (issue 2): sessions that finish DATA within a few milliseconds of each other share one
+transaction, so durable intake is bounded by the disk's fsync rate per *group*, not per message.
+Spooling (issue 7): when the store cannot commit within `commit_budget` seconds (tenacity retries inside
+a hard timeout, because a cancelled await does not cancel a database thread), each message is written to
+a local spool file and the client still gets 250; only when that fails too does `append` raise
+`TransientError` (451). Each message carries an `intake_uid` minted before the first attempt, so a commit
+that went through after its timeout and a replay of its spool file meet on a unique key and store once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import Engine, insert, select
+from sqlalchemy.exc import SQLAlchemyError
+from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_random_exponential
+
+from storage.errors import TransientError
+from storage.models import InboxEntry
+
+log = logging.getLogger("abuse_gateway.inbox")
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    mail_from: str
+    rcpt_tos: tuple[str, ...]
+    client_addr: str | None = None
+
+
+@dataclass(slots=True)
+class _Pending:
+    uid: str
+    raw: bytes
+    envelope: Envelope
+    received_at: datetime
+    sha256: str
+    future: asyncio.Future[AppendResult] = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    """Where the message is now: committed to the store (`inbox_id`) or spooled to disk."""
+
+    uid: str
+    inbox_id: int | None
+    spooled: bool
+
+
+def new_uid() -> str:
+    # Time-ordered so spool files replay in arrival order.
+    return f"{time.time_ns():020d}-{uuid.uuid4().hex[:12]}"
+
+
+def _row(uid: str, raw: bytes, envelope: Envelope, received_at: datetime, sha256: str) -> dict[str, object]:
+    return {
+        "intake_uid": uid,
+        "received_at": received_at,
+        "mail_from": envelope.mail_from,
+        "rcpt_tos": list(envelope.rcpt_tos),
+        "client_addr": envelope.client_addr,
+        "size": len(raw),
+        "sha256": sha256,
+        "raw": raw,
+        "state": "pending",
+        "attempts": 0,
+    }
+
+
+def commit_rows(engine: Engine, rows: list[dict[str, object]]) -> dict[str, int]:
+    """Insert inbox rows in one transaction, skipping uids already stored; return uid → inbox id."""
+    uids = [str(r["intake_uid"]) for r in rows]
+    with engine.begin() as conn:
+        existing = dict(
+            conn.execute(
+                select(InboxEntry.intake_uid, InboxEntry.id).where(InboxEntry.intake_uid.in_(uids))
+            ).all()
+        )
+        fresh = [r for r in rows if r["intake_uid"] not in existing]
+        if fresh:
+            conn.execute(insert(InboxEntry), fresh)
+            stored = conn.execute(
+                select(InboxEntry.intake_uid, InboxEntry.id).where(
+                    InboxEntry.intake_uid.in_([str(r["intake_uid"]) for r in fresh])
+                )
+            ).all()
+            existing.update(dict(stored))
+    return {str(k): int(v) for k, v in existing.items()}
+
+
+class Spool:
+    """A directory of messages the store could not take yet. One file each, made durable before 250."""
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.directory = Path(directory)
+
+    def write(self, uid: str, raw: bytes, envelope: Envelope, received_at: datetime) -> Path:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        meta = json.dumps(
+            {
+                "uid": uid,
+                "mail_from": envelope.mail_from,
+                "rcpt_tos": list(envelope.rcpt_tos),
+                "client_addr": envelope.client_addr,
+                "received_at": received_at.isoformat(),
+            }
+        ).encode()
+        final = self.directory / f"{uid}.msg"
+        tmp = self.directory / f".{uid}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, meta + b"\n")
+            view = memoryview(raw)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, final)
+        dir_fd = os.open(self.directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        return final
+
+    def entries(self) -> list[Path]:
+        if not self.directory.is_dir():
+            return []
+        return sorted(self.directory.glob("*.msg"))
+
+    def depth(self) -> int:
+        return len(self.entries())
+
+    @staticmethod
+    def read(path: Path) -> tuple[str, bytes, Envelope, datetime]:
+        data = path.read_bytes()
+        meta_line, _, raw = data.partition(b"\n")
+        meta = json.loads(meta_line)
+        envelope = Envelope(meta["mail_from"], tuple(meta["rcpt_tos"]), meta.get("client_addr"))
+        return meta["uid"], raw, envelope, datetime.fromisoformat(meta["received_at"])
+
+    def replay(self, engine: Engine, batch: int = 200) -> int:
+        """Move spooled messages into the store, oldest first; idempotent by uid. Returns how many moved."""
+        moved = 0
+        paths = self.entries()
+        for start in range(0, len(paths), batch):
+            chunk = paths[start : start + batch]
+            rows = []
+            for path in chunk:
+                uid, raw, envelope, received_at = self.read(path)
+                rows.append(_row(uid, raw, envelope, received_at, _sha256(raw)))
+            commit_rows(engine, rows)
+            for path in chunk:
+                path.unlink(missing_ok=True)
+            moved += len(chunk)
+        return moved
+
+
+def _sha256(raw: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(raw).hexdigest()
+
+
+class Inbox:
+    """The async front of the inbox: `await append(raw, envelope)` returns once the bytes are durable."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        spool: Spool,
+        *,
+        commit_budget: float = 10.0,
+        group_window: float = 0.002,
+        max_group: int = 256,
+        on_stored: Callable[[Iterable[int]], None] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.spool = spool
+        self.commit_budget = commit_budget
+        self.group_window = group_window
+        self.max_group = max_group
+        self.on_stored = on_stored
+        self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue()
+        self._writer: asyncio.Task[None] | None = None
+        self._store_lock = threading.Lock()
+
+    def start(self) -> None:
+        if self._writer is None:
+            self._writer = asyncio.get_running_loop().create_task(self._run(), name="inbox-writer")
+
+    async def close(self) -> None:
+        """Flush what is queued, then stop the writer (a sentinel, so no group is cut off mid-commit)."""
+        if self._writer is None:
+            return
+        await self._queue.put(None)
+        await self._writer
+        self._writer = None
+
+    def pending(self) -> int:
+        return self._queue.qsize()
+
+    async def append(self, raw: bytes, envelope: Envelope) -> AppendResult:
+        self.start()
+        loop = asyncio.get_running_loop()
+        item = _Pending(new_uid(), raw, envelope, datetime.now(UTC), _sha256(raw), loop.create_future())
+        await self._queue.put(item)
+        return await item.future
+
+    async def _run(self) -> None:
+        while True:
+            first = await self._queue.get()
+            if first is None:
+                return
+            group = [first]
+            if self.group_window:
+                await asyncio.sleep(self.group_window)
+            closing = False
+            while len(group) < self.max_group and not self._queue.empty():
+                item = self._queue.get_nowait()
+                if item is None:
+                    closing = True
+                    break
+                group.append(item)
+            await self._flush(group)
+            if closing:
+                return
+
+    async def _flush(self, group: list[_Pending]) -> None:
+        rows = [_row(p.uid, p.raw, p.envelope, p.received_at, p.sha256) for p in group]
+        started = time.monotonic()
+        try:
+            ids = await asyncio.wait_for(asyncio.to_thread(self._commit_with_retry, rows), self.commit_budget)
+        except (TimeoutError, SQLAlchemyError, OSError) as exc:
+            log.warning(
+                "inbox commit failed: group=%d error=%s budget=%.1fs; spooling",
+                len(group),
+                type(exc).__name__,
+                self.commit_budget,
+            )
+            await self._spool_group(group)
+            return
+        log.debug("inbox commit: group=%d ms=%.1f", len(group), (time.monotonic() - started) * 1000)
+        for item in group:
+            if not item.future.done():
+                item.future.set_result(AppendResult(item.uid, ids[item.uid], spooled=False))
+        if self.on_stored is not None:
+            self.on_stored(ids.values())
+
+    def _commit_with_retry(self, rows: list[dict[str, object]]) -> dict[str, int]:
+        retrying = Retrying(
+            retry=retry_if_exception_type(SQLAlchemyError),
+            stop=stop_after_delay(max(self.commit_budget - 0.5, 0.1)),
+            wait=wait_random_exponential(multiplier=0.05, max=1.0),
+            reraise=True,
+        )
+        with self._store_lock:
+            return retrying(commit_rows, self.engine, rows)
+
+    async def _spool_group(self, group: list[_Pending]) -> None:
+        for item in group:
+            try:
+                await asyncio.to_thread(self.spool.write, item.uid, item.raw, item.envelope, item.received_at)
+            except OSError as exc:
+                log.error("spool write failed: uid=%s error=%s; answering 451", item.uid, type(exc).__name__)
+                if not item.future.done():
+                    item.future.set_exception(TransientError("store and spool both unavailable"))
+                continue
+            if not item.future.done():
+                item.future.set_result(AppendResult(item.uid, None, spooled=True))
+
+
+def store_now(engine: Engine, spool: Spool, raw: bytes, envelope: Envelope, budget: float) -> AppendResult:
+    """The synchronous twin of `Inbox.append`, for `ingest`: store, else spool, else TransientError."""
+    uid, received_at = new_uid(), datetime.now(UTC)
+    row = _row(uid, raw, envelope, received_at, _sha256(raw))
+    retrying = Retrying(
+        retry=retry_if_exception_type(SQLAlchemyError),
+        stop=stop_after_delay(budget),
+        wait=wait_random_exponential(multiplier=0.05, max=1.0),
+        reraise=True,
+    )
+    try:
+        ids = retrying(commit_rows, engine, [row])
+        return AppendResult(uid, ids[uid], spooled=False)
+    except SQLAlchemyError as exc:
+        log.warning("ingest commit failed: error=%s; spooling", type(exc).__name__)
+    try:
+        spool.write(uid, raw, envelope, received_at)
+    except OSError as exc:
+        raise TransientError("store and spool both unavailable") from exc
+    return AppendResult(uid, None, spooled=True)

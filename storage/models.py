@@ -1,0 +1,154 @@
+"""The case store's tables.
+
+Every table sets `__tablename__` explicitly: SQLModel would otherwise name `Case` `case`, an SQL keyword.
+Raw bytes live in `inbox` and nowhere else; everything else is derived from them and can be derived again
+(`reprocess`). Times are timezone-aware UTC.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, Column, DateTime, Index, LargeBinary, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _ts(**kwargs: Any) -> Any:
+    return Field(sa_type=DateTime(timezone=True), **kwargs)
+
+
+class InboxEntry(SQLModel, table=True):
+    """A message exactly as received, committed before the client gets 250."""
+
+    __tablename__ = "inbox"
+
+    id: int | None = Field(default=None, primary_key=True)
+    # Minted before the first commit attempt; the spool names its files by it, so a replay after an
+    # ambiguous commit (timeout, crash) can never store the message twice.
+    intake_uid: str = Field(unique=True, max_length=64)
+    received_at: datetime = _ts(default_factory=utcnow)
+    mail_from: str = Field(default="")
+    rcpt_tos: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    client_addr: str | None = None
+    size: int
+    sha256: str = Field(index=True, max_length=64)
+    raw: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    # pending → done | failed (failed ones are still stored in a case with `processing_failed`)
+    state: str = Field(default="pending", max_length=16)
+    attempts: int = 0
+    last_error: str | None = None
+    claimed_by: str | None = None
+    claimed_until: datetime | None = _ts(default=None, nullable=True)
+    processed_at: datetime | None = _ts(default=None, nullable=True)
+
+    __table_args__ = (Index("ix_inbox_state_id", "state", "id"),)
+
+
+class Case(SQLModel, table=True):
+    __tablename__ = "cases"
+
+    id: int | None = Field(default=None, primary_key=True)
+    case_id: str = Field(unique=True, max_length=32)
+    status: str = Field(default="open", max_length=16, index=True)
+    reporter: str | None = None
+    subject: str = ""
+    escaped_subject: str = ""
+    kind: str = Field(default="report", max_length=16)
+    # For grouping machine reports about one source (AbuseIO's incident → ticket model).
+    group_key: str | None = Field(default=None, index=True, max_length=320)
+    hold: bool = False
+    created_at: datetime = _ts(default_factory=utcnow, index=True)
+    updated_at: datetime = _ts(default_factory=utcnow)
+
+
+class Message(SQLModel, table=True):
+    __tablename__ = "messages"
+
+    id: int | None = Field(default=None, primary_key=True)
+    case_pk: int = Field(foreign_key="cases.id", index=True)
+    index: int
+    # One message per inbox entry: processing twice (a crash after commit, two gateways) cannot duplicate.
+    inbox_id: int = Field(foreign_key="inbox.id", unique=True)
+    kind: str = Field(max_length=16)
+    kind_rule: str = ""
+    envelope_sender: str = ""
+    from_addr: str | None = None
+    subject: str = ""
+    escaped_subject: str = ""
+    received_at: datetime = _ts(default_factory=utcnow)
+    message_id: str | None = Field(default=None, index=True)
+    in_reply_to: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    references: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    sha256: str = Field(max_length=64)
+    thread_signal: str = Field(default="none", max_length=16)
+    thread_ref: str | None = None
+    text: str = ""
+    escaped_text: str = ""
+    defects: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    flags: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    report: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+
+    __table_args__ = (UniqueConstraint("case_pk", "index"),)
+
+
+class AttachmentRow(SQLModel, table=True):
+    __tablename__ = "attachments"
+
+    id: int | None = Field(default=None, primary_key=True)
+    message_pk: int = Field(foreign_key="messages.id", index=True)
+    filename: str | None = None
+    escaped_filename: str | None = None
+    content_type: str
+    size: int
+    sha256: str = Field(max_length=64)
+
+
+class IndicatorRow(SQLModel, table=True):
+    __tablename__ = "indicators"
+
+    id: int | None = Field(default=None, primary_key=True)
+    case_pk: int = Field(foreign_key="cases.id", index=True)
+    kind: str = Field(max_length=8)
+    value: str = Field(index=True)
+    # Lower-case host (or IP) so a domain search also finds URLs on it and its subdomains.
+    host: str | None = Field(default=None, index=True)
+
+    __table_args__ = (UniqueConstraint("case_pk", "kind", "value"),)
+
+
+class OutboxRow(SQLModel, table=True):
+    """A confirmation, queued in the same transaction as the case it confirms."""
+
+    __tablename__ = "outbox"
+
+    id: int | None = Field(default=None, primary_key=True)
+    case_pk: int = Field(foreign_key="cases.id", index=True)
+    message_pk: int | None = Field(default=None, foreign_key="messages.id")
+    kind: str = Field(default="confirmation", max_length=16)  # confirmation | acknowledgement
+    recipient: str = ""
+    # queued | sending | sent | retrying | failed | suppressed | bounced
+    state: str = Field(default="queued", max_length=16, index=True)
+    suppressed_reason: str | None = None
+    attempts: int = 0
+    last_error: str | None = None
+    message_id: str | None = Field(default=None, index=True)  # ours, so replies thread by header
+    created_at: datetime = _ts(default_factory=utcnow)
+    next_attempt_at: datetime | None = _ts(default_factory=utcnow, nullable=True)
+    claimed_by: str | None = None
+    claimed_until: datetime | None = _ts(default=None, nullable=True)
+    sent_at: datetime | None = _ts(default=None, nullable=True)
+
+
+class CaseEvent(SQLModel, table=True):
+    __tablename__ = "case_events"
+
+    id: int | None = Field(default=None, primary_key=True)
+    case_pk: int = Field(foreign_key="cases.id", index=True)
+    at: datetime = _ts(default_factory=utcnow)
+    kind: str = Field(max_length=32)
+    detail: str = ""

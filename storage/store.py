@@ -1,0 +1,810 @@
+"""The CaseStore API: everything the gateway and the CLI ask of the store.
+
+Processing is split so SQL stays here and decisions stay in `gateway/`: the gateway prepares each inbox
+entry without the store (parse, classify, escape), then `commit_processed` opens one transaction, asks the
+gateway's `Resolver` where each message belongs through a `Lookup` bound to that transaction (so a reply in
+the same batch as its report finds the case just opened), writes case, message, attachments, indicators and
+the confirmation row, and marks the inbox entry done.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+from sqlalchemy import Engine, and_, func, or_, update
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, select
+
+from parsers.types import Attachment, Indicator, ParsedMessage
+from storage.models import AttachmentRow, Case, CaseEvent, InboxEntry, IndicatorRow, Message, OutboxRow
+
+WORKER_ID = f"{socket.gethostname()}:{id(object())}"
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedEntry:
+    inbox_id: int
+    raw: bytes
+    mail_from: str
+    rcpt_tos: tuple[str, ...]
+    received_at: datetime
+    sha256: str
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedMessage:
+    """One inbox entry after the pure stages; the store's input."""
+
+    entry: ClaimedEntry
+    parsed: ParsedMessage
+    kind: str  # report | machine_report | automatic (threading may turn a report into an amendment)
+    kind_rule: str
+    escaped_subject: str
+    escaped_text: str
+    escaped_filenames: tuple[str | None, ...]
+    indicators: tuple[tuple[Indicator, str | None], ...]  # (indicator, host)
+    report: dict[str, Any] | None = None
+    defects: tuple[str, ...] = ()
+    flags: tuple[str, ...] = ()
+    group_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CaseInfo:
+    case_id: str
+    status: str
+    reporter: str | None
+    kind: str
+
+
+@dataclass(frozen=True, slots=True)
+class ConfirmRequest:
+    recipient: str
+    kind: str  # confirmation | acknowledgement
+    suppressed_reason: str | None = None
+    message_id: str | None = None  # ours, minted when queued so a reply can thread by header at once
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxJob:
+    """A claimed outbox row with what the sender needs to build the mail (and nothing of the report)."""
+
+    outbox_id: int
+    case_id: str
+    kind: str
+    recipient: str
+    message_id: str | None
+    in_reply_to: str | None
+    attempts: int
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadDecision:
+    case_id: str | None  # an existing case to join; None opens a new one
+    signal: str = "none"
+    ref: str | None = None  # the reference that matched, or the unknown one that did not
+    flags: tuple[str, ...] = ()
+    confirm: ConfirmRequest | None = None
+    duplicate: bool = False  # the same bytes were stored before: keep the inbox entry, add no message
+
+
+class Lookup(Protocol):
+    def case(self, case_id: str) -> CaseInfo | None: ...
+    def case_for_message_ids(self, message_ids: Sequence[str]) -> str | None: ...
+    def participants(self, case_id: str) -> set[str]: ...
+    def confirmations_since(self, recipient: str, since: datetime) -> int: ...
+    def confirmations_to_domain_since(self, domain: str, since: datetime) -> int: ...
+    def seen_message(self, message_id: str | None, sha256: str) -> tuple[str, bool] | None: ...
+    def open_group_case(self, group_key: str, since: datetime) -> str | None: ...
+
+
+Resolver = Callable[[PreparedMessage, Lookup], ThreadDecision]
+
+
+@dataclass(frozen=True, slots=True)
+class Committed:
+    inbox_id: int
+    case_id: str
+    message_index: int
+    opened: bool
+    kind: str
+    signal: str
+    duplicate: bool = False
+
+
+class _SessionLookup:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def case(self, case_id: str) -> CaseInfo | None:
+        case = self.session.exec(select(Case).where(Case.case_id == case_id)).first()
+        if case is None:
+            return None
+        return CaseInfo(case.case_id, case.status, case.reporter, case.kind)
+
+    def case_for_message_ids(self, message_ids: Sequence[str]) -> str | None:
+        if not message_ids:
+            return None
+        ids = list(message_ids)
+        found = self.session.exec(
+            select(Case.case_id)
+            .join(Message, Message.case_pk == Case.id)
+            .where(Message.message_id.in_(ids))
+            .order_by(Message.id)
+            .limit(1)
+        ).first()
+        if found is None:
+            found = self.session.exec(
+                select(Case.case_id)
+                .join(OutboxRow, OutboxRow.case_pk == Case.id)
+                .where(OutboxRow.message_id.in_(ids))
+                .limit(1)
+            ).first()
+        return _scalar(found)
+
+    def participants(self, case_id: str) -> set[str]:
+        rows = self.session.exec(
+            select(Message.envelope_sender, Message.from_addr, Message.thread_signal, Message.index)
+            .join(Case, Message.case_pk == Case.id)
+            .where(Case.case_id == case_id)
+        ).all()
+        people: set[str] = set()
+        for sender, from_addr, signal, index in rows:
+            if index == 1 or signal in ("token", "header"):
+                people.update(a.lower() for a in (sender, from_addr) if a)
+        reporter = self.session.exec(select(Case.reporter).where(Case.case_id == case_id)).first()
+        if _scalar(reporter):
+            people.add(str(_scalar(reporter)).lower())
+        return people
+
+    def confirmations_since(self, recipient: str, since: datetime) -> int:
+        return int(
+            self.session.exec(
+                select(func.count(OutboxRow.id)).where(
+                    OutboxRow.recipient == recipient.lower(),
+                    OutboxRow.created_at >= since,
+                    OutboxRow.state != "suppressed",
+                )
+            ).one()
+        )
+
+    def confirmations_to_domain_since(self, domain: str, since: datetime) -> int:
+        return int(
+            self.session.exec(
+                select(func.count(OutboxRow.id)).where(
+                    OutboxRow.recipient.like(f"%@{domain.lower()}"),
+                    OutboxRow.created_at >= since,
+                    OutboxRow.state != "suppressed",
+                )
+            ).one()
+        )
+
+    def seen_message(self, message_id: str | None, sha256: str) -> tuple[str, bool] | None:
+        """An earlier message with this Message-ID (or, without one, these bytes): (case_id, same bytes)."""
+        query = select(Case.case_id, Message.sha256).join(Case, Message.case_pk == Case.id)
+        if message_id:
+            query = query.where(Message.message_id == message_id)
+        else:
+            query = query.where(Message.sha256 == sha256, Message.message_id.is_(None))
+        rows = self.session.exec(query.order_by(Message.id)).all()
+        if not rows:
+            return None
+        for case_id, digest in rows:
+            if digest == sha256:
+                return case_id, True
+        return rows[0][0], False
+
+    def open_group_case(self, group_key: str, since: datetime) -> str | None:
+        found = self.session.exec(
+            select(Case.case_id)
+            .where(Case.group_key == group_key, Case.status == "open", Case.updated_at >= since)
+            .order_by(Case.id.desc())
+            .limit(1)
+        ).first()
+        return _scalar(found)
+
+
+def _scalar(row: Any) -> Any:
+    """sqlmodel returns scalars for one-column selects; keep call sites indifferent to that."""
+    if row is not None and (isinstance(row, tuple) or hasattr(row, "_mapping")):
+        return row[0]
+    return row
+
+
+def _confirm_flags(decision: ThreadDecision) -> list[str]:
+    if decision.confirm is not None and decision.confirm.suppressed_reason:
+        return [f"confirmation_suppressed:{decision.confirm.suppressed_reason}"]
+    return []
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes for timezone-aware columns; they are UTC by construction."""
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+def _iso(value: datetime | None) -> str | None:
+    value = _aware(value)
+    return value.isoformat() if value is not None else None
+
+
+@dataclass(slots=True)
+class CaseStore:
+    engine: Engine
+    new_case_id: Callable[[], str]
+    worker_id: str = field(default=WORKER_ID)
+
+    # ---- intake: claim, commit, fail -------------------------------------------------------------------
+
+    def claim_inbox(self, limit: int = 64, lease: float = 60.0) -> list[ClaimedEntry]:
+        """Claim pending entries for this worker. The conditional UPDATE is the claim, so two workers (or
+        two gateways on one PostgreSQL, where SKIP LOCKED keeps them off each other's rows) never process
+        the same entry at once; a worker that dies leaves a lease that expires."""
+        now = _now()
+        claimable = and_(
+            InboxEntry.state == "pending",
+            or_(InboxEntry.claimed_until.is_(None), InboxEntry.claimed_until < now),
+        )
+        with Session(self.engine) as session, session.begin():
+            query = select(InboxEntry.id).where(claimable).order_by(InboxEntry.id).limit(limit)
+            if self.engine.dialect.name == "postgresql":
+                query = query.with_for_update(skip_locked=True)
+            ids = list(session.exec(query).all())
+            if not ids:
+                return []
+            session.execute(
+                update(InboxEntry)
+                .where(InboxEntry.id.in_(ids), claimable)
+                .values(
+                    claimed_by=self.worker_id,
+                    claimed_until=now + timedelta(seconds=lease),
+                    attempts=InboxEntry.attempts + 1,
+                )
+            )
+            rows = session.exec(
+                select(
+                    InboxEntry.id,
+                    InboxEntry.raw,
+                    InboxEntry.mail_from,
+                    InboxEntry.rcpt_tos,
+                    InboxEntry.received_at,
+                    InboxEntry.sha256,
+                    InboxEntry.attempts,
+                )
+                .where(InboxEntry.id.in_(ids), InboxEntry.claimed_by == self.worker_id)
+                .order_by(InboxEntry.id)
+            ).all()
+        return [
+            ClaimedEntry(r[0], r[1], r[2], tuple(r[3] or ()), _aware(r[4]) or now, r[5], r[6]) for r in rows
+        ]
+
+    def release_failed(self, inbox_id: int, error: str) -> None:
+        """Processing raised: note why and let the entry be claimed again."""
+        with Session(self.engine) as session, session.begin():
+            session.execute(
+                update(InboxEntry)
+                .where(InboxEntry.id == inbox_id)
+                .values(last_error=error[:500], claimed_until=None, claimed_by=None)
+            )
+
+    def inbox_depth(self) -> int:
+        with Session(self.engine) as session:
+            return int(
+                session.exec(select(func.count(InboxEntry.id)).where(InboxEntry.state == "pending")).one()
+            )
+
+    def commit_processed(self, prepared: Sequence[PreparedMessage], resolve: Resolver) -> list[Committed]:
+        """Store a batch of processed messages in one transaction (threading decided inside it)."""
+        results: list[Committed] = []
+        with Session(self.engine, expire_on_commit=False) as session, session.begin():
+            lookup = _SessionLookup(session)
+            for item in prepared:
+                results.append(self._store_one(session, lookup, item, resolve(item, lookup)))
+        return results
+
+    def _store_one(
+        self, session: Session, lookup: _SessionLookup, item: PreparedMessage, decision: ThreadDecision
+    ) -> Committed:
+        entry = item.entry
+        already = session.exec(
+            select(Case.case_id, Message.index, Message.kind, Message.thread_signal)
+            .join(Case, Message.case_pk == Case.id)
+            .where(Message.inbox_id == entry.inbox_id)
+        ).first()
+        if already is not None:  # processed before (a crash after commit, a second worker): idempotent
+            self._mark_done(session, entry.inbox_id, "done")
+            return Committed(entry.inbox_id, already[0], already[1], False, already[2], already[3])
+
+        if decision.duplicate and decision.case_id is not None:
+            self._mark_done(session, entry.inbox_id, "duplicate")
+            return Committed(entry.inbox_id, decision.case_id, 0, False, item.kind, decision.signal, True)
+        now = _now()
+        case: Case | None = None
+        if decision.case_id is not None:
+            case = session.exec(select(Case).where(Case.case_id == decision.case_id)).first()
+        opened = case is None
+        if case is None:
+            case = self._open_case(session, item, now)
+        kind = item.kind
+        if not opened and kind == "report":
+            kind = "amendment"
+        if not opened and case.status == "closed":
+            case.status = "open"
+            session.add(
+                CaseEvent(case_pk=case.id, kind="reopened", detail=f"by inbox entry {entry.inbox_id}")
+            )
+        case.updated_at = now
+        session.add(case)
+        index = (
+            int(
+                session.exec(
+                    select(func.coalesce(func.max(Message.index), 0)).where(Message.case_pk == case.id)
+                ).one()
+            )
+            + 1
+        )
+        parsed = item.parsed
+        message = Message(
+            case_pk=case.id,
+            index=index,
+            inbox_id=entry.inbox_id,
+            kind=kind,
+            kind_rule=item.kind_rule,
+            envelope_sender=entry.mail_from,
+            from_addr=parsed.from_addr,
+            subject=parsed.subject,
+            escaped_subject=item.escaped_subject,
+            received_at=entry.received_at,
+            message_id=parsed.message_id,
+            in_reply_to=list(parsed.in_reply_to),
+            references=list(parsed.references),
+            sha256=entry.sha256,
+            thread_signal=decision.signal,
+            thread_ref=decision.ref,
+            text=parsed.text,
+            escaped_text=item.escaped_text,
+            defects=list(item.defects),
+            flags=list(dict.fromkeys([*item.flags, *decision.flags, *_confirm_flags(decision)])),
+            report=item.report,
+        )
+        session.add(message)
+        session.flush()
+        self._add_attachments(session, message.id, parsed.attachments, item.escaped_filenames)
+        self._add_indicators(session, case.id, item.indicators)
+        if decision.confirm is not None:
+            session.add(
+                OutboxRow(
+                    case_pk=case.id,
+                    message_pk=message.id,
+                    kind=decision.confirm.kind,
+                    recipient=decision.confirm.recipient.lower(),
+                    state="suppressed" if decision.confirm.suppressed_reason else "queued",
+                    suppressed_reason=decision.confirm.suppressed_reason,
+                    next_attempt_at=None if decision.confirm.suppressed_reason else now,
+                    message_id=decision.confirm.message_id,
+                )
+            )
+        state = "failed" if "processing_failed" in item.flags else "done"
+        self._mark_done(session, entry.inbox_id, state)
+        return Committed(entry.inbox_id, case.case_id, index, opened, kind, decision.signal)
+
+    def _open_case(self, session: Session, item: PreparedMessage, now: datetime) -> Case:
+        reporter = item.parsed.from_addr or item.entry.mail_from or None
+        for _ in range(5):  # a collision of 35 random bits is rare; retry rather than fail the batch
+            case_id = self.new_case_id()
+            exists = session.exec(select(Case.id).where(Case.case_id == case_id)).first()
+            if exists is None:
+                break
+        case = Case(
+            case_id=case_id,
+            status="open",
+            reporter=reporter.lower() if reporter else None,
+            subject=item.parsed.subject,
+            escaped_subject=item.escaped_subject,
+            kind=item.kind,
+            group_key=item.group_key,
+            created_at=now,
+            updated_at=now,
+        )
+        session.add(case)
+        session.flush()
+        return case
+
+    @staticmethod
+    def _add_attachments(
+        session: Session,
+        message_pk: int | None,
+        attachments: Sequence[Attachment],
+        escaped: Sequence[str | None],
+    ) -> None:
+        for position, attachment in enumerate(attachments):
+            session.add(
+                AttachmentRow(
+                    message_pk=message_pk,
+                    filename=attachment.filename,
+                    escaped_filename=escaped[position] if position < len(escaped) else attachment.filename,
+                    content_type=attachment.content_type,
+                    size=attachment.size,
+                    sha256=attachment.sha256,
+                )
+            )
+
+    @staticmethod
+    def _add_indicators(
+        session: Session, case_pk: int | None, indicators: Sequence[tuple[Indicator, str | None]]
+    ) -> None:
+        if not indicators:
+            return
+        known = {
+            (k, v)
+            for k, v in session.exec(
+                select(IndicatorRow.kind, IndicatorRow.value).where(IndicatorRow.case_pk == case_pk)
+            ).all()
+        }
+        for indicator, host in indicators:
+            key = (indicator.kind, indicator.value)
+            if key in known:
+                continue
+            known.add(key)
+            session.add(IndicatorRow(case_pk=case_pk, kind=indicator.kind, value=indicator.value, host=host))
+
+    @staticmethod
+    def _mark_done(session: Session, inbox_id: int, state: str) -> None:
+        session.execute(
+            update(InboxEntry)
+            .where(InboxEntry.id == inbox_id)
+            .values(state=state, processed_at=_now(), claimed_until=None, last_error=None)
+        )
+
+    # ---- reprocess -------------------------------------------------------------------------------------
+
+    def messages_for_reprocess(
+        self, *, failed_only: bool, case_id: str | None
+    ) -> list[tuple[int, ClaimedEntry]]:
+        query = (
+            select(Message.id, InboxEntry)
+            .join(InboxEntry, InboxEntry.id == Message.inbox_id)
+            .join(Case, Case.id == Message.case_pk)
+            .order_by(Message.id)
+        )
+        if failed_only:
+            query = query.where(InboxEntry.state == "failed")
+        if case_id is not None:
+            query = query.where(Case.case_id == case_id)
+        with Session(self.engine) as session:
+            rows = session.exec(query).all()
+            return [
+                (
+                    mid,
+                    ClaimedEntry(
+                        e.id,
+                        e.raw,
+                        e.mail_from,
+                        tuple(e.rcpt_tos or ()),
+                        _aware(e.received_at) or _now(),
+                        e.sha256,
+                        e.attempts,
+                    ),
+                )
+                for mid, e in rows
+            ]
+
+    def update_reprocessed(self, message_pk: int, item: PreparedMessage) -> None:
+        """Refresh a message's derived fields in place; its case (and index) stay what they were."""
+        with Session(self.engine) as session, session.begin():
+            message = session.get(Message, message_pk)
+            if message is None:
+                return
+            parsed = item.parsed
+            kind = item.kind
+            if message.kind == "amendment" and kind == "report":
+                kind = "amendment"
+            message.kind, message.kind_rule = kind, item.kind_rule
+            message.from_addr, message.subject = parsed.from_addr, parsed.subject
+            message.escaped_subject, message.text, message.escaped_text = (
+                item.escaped_subject,
+                parsed.text,
+                item.escaped_text,
+            )
+            message.message_id = parsed.message_id
+            message.in_reply_to, message.references = list(parsed.in_reply_to), list(parsed.references)
+            message.defects = list(item.defects)
+            message.flags = [
+                f for f in dict.fromkeys([*message.flags, *item.flags]) if f != "processing_failed"
+            ]
+            message.report = item.report
+            session.add(message)
+            for old in session.exec(
+                select(AttachmentRow).where(AttachmentRow.message_pk == message_pk)
+            ).all():
+                session.delete(old)
+            self._add_attachments(session, message_pk, parsed.attachments, item.escaped_filenames)
+            self._add_indicators(session, message.case_pk, item.indicators)
+            self._mark_done(session, message.inbox_id, "done")
+
+    # ---- the desk's views ------------------------------------------------------------------------------
+
+    def list_cases(
+        self,
+        *,
+        status: str | None = None,
+        host_or_value: tuple[str, str | None] | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        counts = (
+            select(Message.case_pk, func.count(Message.id).label("n")).group_by(Message.case_pk).subquery()
+        )
+        query = (
+            select(Case, counts.c.n)
+            .join(counts, counts.c.case_pk == Case.id, isouter=True)
+            .order_by(Case.created_at.desc(), Case.id.desc())
+            .limit(limit)
+        )
+        if status:
+            query = query.where(Case.status == status)
+        if host_or_value is not None:
+            value, host = host_or_value
+            matches = [IndicatorRow.value == value]
+            if host:
+                matches += [IndicatorRow.host == host, IndicatorRow.host.like(f"%.{host}")]
+            query = query.where(Case.id.in_(select(IndicatorRow.case_pk).where(or_(*matches))))
+        with Session(self.engine) as session:
+            return [self._summary(case, n or 0) for case, n in session.exec(query).all()]
+
+    @staticmethod
+    def _summary(case: Case, messages: int) -> dict[str, Any]:
+        return {
+            "case_id": case.case_id,
+            "status": case.status,
+            "kind": case.kind,
+            "reporter": case.reporter,
+            "subject": case.escaped_subject,
+            "messages": messages,
+            "hold": case.hold,
+            "created_at": _iso(case.created_at),
+            "updated_at": _iso(case.updated_at),
+        }
+
+    def show_case(self, case_id: str) -> dict[str, Any] | None:
+        with Session(self.engine) as session:
+            case = session.exec(select(Case).where(Case.case_id == case_id.upper())).first()
+            if case is None:
+                return None
+            return self._case_view(session, case)
+
+    def _case_view(self, session: Session, case: Case) -> dict[str, Any]:
+        messages = list(
+            session.exec(select(Message).where(Message.case_pk == case.id).order_by(Message.index))
+        )
+        attachments: dict[int, list[dict[str, Any]]] = {}
+        if messages:
+            rows = session.exec(
+                select(AttachmentRow).where(AttachmentRow.message_pk.in_([m.id for m in messages]))
+            ).all()
+            for att in rows:
+                attachments.setdefault(att.message_pk, []).append(
+                    {
+                        "filename": att.escaped_filename,
+                        "content_type": att.content_type,
+                        "size": att.size,
+                        "sha256": att.sha256,
+                    }
+                )
+        indicators = session.exec(
+            select(IndicatorRow.kind, IndicatorRow.value)
+            .where(IndicatorRow.case_pk == case.id)
+            .order_by(IndicatorRow.id)
+        ).all()
+        events = session.exec(
+            select(CaseEvent.at, CaseEvent.kind, CaseEvent.detail)
+            .where(CaseEvent.case_pk == case.id)
+            .order_by(CaseEvent.id)
+        ).all()
+        flags = sorted({f for m in messages for f in m.flags})
+        view = self._summary(case, len(messages))
+        view.pop("subject")
+        view.update(
+            {
+                "subject": case.escaped_subject,
+                "flags": flags,
+                "messages": [
+                    {
+                        "index": m.index,
+                        "kind": m.kind,
+                        "kind_rule": m.kind_rule,
+                        "sender": m.envelope_sender,
+                        "from": m.from_addr,
+                        "subject": m.escaped_subject,
+                        "received_at": _iso(m.received_at),
+                        "message_id": m.message_id,
+                        "sha256": m.sha256,
+                        "thread_signal": m.thread_signal,
+                        "thread_ref": m.thread_ref,
+                        "text": m.escaped_text,
+                        "attachments": attachments.get(m.id or 0, []),
+                        "defects": list(m.defects),
+                        "flags": list(m.flags),
+                        **({"report": m.report} if m.report is not None else {}),
+                    }
+                    for m in messages
+                ],
+                "indicators": [{"kind": k, "value": v} for k, v in indicators],
+                "events": [{"at": _iso(at), "kind": k, "detail": d} for at, k, d in events],
+            }
+        )
+        return view
+
+    def export_cases(self, since: datetime | None = None) -> Iterator[dict[str, Any]]:
+        query = select(Case).order_by(Case.id)
+        if since is not None:
+            query = query.where(Case.updated_at >= since)
+        with Session(self.engine) as session:
+            for case in session.exec(query).all():
+                yield self._case_view(session, case)
+
+    def raw_message(self, case_id: str, index: int) -> bytes | None:
+        with Session(self.engine) as session:
+            found = session.exec(
+                select(InboxEntry.raw)
+                .join(Message, Message.inbox_id == InboxEntry.id)
+                .join(Case, Case.id == Message.case_pk)
+                .where(Case.case_id == case_id.upper(), Message.index == index)
+            ).first()
+            return _scalar(found)
+
+    def set_status(self, case_id: str, status: str, detail: str) -> bool:
+        with Session(self.engine) as session, session.begin():
+            case = session.exec(select(Case).where(Case.case_id == case_id.upper())).first()
+            if case is None:
+                return False
+            case.status = status
+            case.updated_at = _now()
+            session.add(case)
+            session.add(CaseEvent(case_pk=case.id, kind=status, detail=detail))
+        return True
+
+    def case_ids_for_inbox(self, inbox_ids: Sequence[int]) -> dict[int, str]:
+        if not inbox_ids:
+            return {}
+        found: dict[int, str] = {}
+        with Session(self.engine) as session:
+            ids = list(inbox_ids)
+            for start in range(0, len(ids), 500):
+                rows = session.exec(
+                    select(Message.inbox_id, Case.case_id)
+                    .join(Case, Case.id == Message.case_pk)
+                    .where(Message.inbox_id.in_(ids[start : start + 500]))
+                ).all()
+                found.update({int(i): c for i, c in rows})
+            missing = [i for i in ids if i not in found]
+            for inbox_id in missing:  # a redelivered duplicate: name the case its first copy joined
+                entry = session.get(InboxEntry, inbox_id)
+                if entry is not None and entry.state == "duplicate":
+                    row = session.exec(
+                        select(Case.case_id)
+                        .join(Message, Message.case_pk == Case.id)
+                        .where(Message.sha256 == entry.sha256)
+                        .order_by(Message.id)
+                    ).first()
+                    if row is not None:
+                        found[inbox_id] = _scalar(row)
+        return found
+
+    # ---- outbox ----------------------------------------------------------------------------------------
+
+    def claim_outbox(self, limit: int = 20, lease: float = 120.0) -> list[OutboxJob]:
+        """Claim due rows for sending. The conditional UPDATE is the claim (SKIP LOCKED on PostgreSQL), so
+        no row is sent by two workers; a worker that dies mid-send leaves a lease that expires."""
+        now = _now()
+        due = and_(
+            OutboxRow.state.in_(("queued", "retrying", "sending")),
+            OutboxRow.next_attempt_at <= now,
+            or_(OutboxRow.claimed_until.is_(None), OutboxRow.claimed_until < now),
+        )
+        with Session(self.engine) as session, session.begin():
+            query = select(OutboxRow.id).where(due).order_by(OutboxRow.id).limit(limit)
+            if self.engine.dialect.name == "postgresql":
+                query = query.with_for_update(skip_locked=True)
+            ids = list(session.exec(query).all())
+            if not ids:
+                return []
+            session.execute(
+                update(OutboxRow)
+                .where(OutboxRow.id.in_(ids), due)
+                .values(
+                    state="sending", claimed_by=self.worker_id, claimed_until=now + timedelta(seconds=lease)
+                )
+            )
+            rows = session.exec(
+                select(OutboxRow, Case.case_id, Message.message_id)
+                .join(Case, Case.id == OutboxRow.case_pk)
+                .join(Message, Message.id == OutboxRow.message_pk, isouter=True)
+                .where(OutboxRow.id.in_(ids), OutboxRow.claimed_by == self.worker_id)
+                .order_by(OutboxRow.id)
+            ).all()
+            return [
+                OutboxJob(
+                    row.id,
+                    case_id,
+                    row.kind,
+                    row.recipient,
+                    row.message_id,
+                    report_mid,
+                    row.attempts,
+                    _aware(row.created_at) or now,
+                )
+                for row, case_id, report_mid in rows
+            ]
+
+    def finish_outbox(
+        self, outbox_id: int, state: str, *, error: str | None = None, next_attempt_at: datetime | None = None
+    ) -> None:
+        values: dict[str, Any] = {
+            "state": state,
+            "last_error": error[:500] if error else None,
+            "claimed_until": None,
+            "claimed_by": None,
+            "attempts": OutboxRow.attempts + 1,
+            "next_attempt_at": next_attempt_at,
+        }
+        if state == "sent":
+            values["sent_at"] = _now()
+        with Session(self.engine) as session, session.begin():
+            session.execute(update(OutboxRow).where(OutboxRow.id == outbox_id).values(**values))
+
+    def mark_bounced(self, message_ids: Sequence[str], detail: str) -> int:
+        """A DSN for one of our confirmations came back: record it on the row."""
+        if not message_ids:
+            return 0
+        with Session(self.engine) as session, session.begin():
+            result = session.execute(
+                update(OutboxRow)
+                .where(OutboxRow.message_id.in_(list(message_ids)))
+                .values(state="bounced", last_error=detail[:500])
+            )
+            return int(result.rowcount or 0)
+
+    def list_outbox(self, limit: int = 500) -> list[dict[str, Any]]:
+        with Session(self.engine) as session:
+            rows = session.exec(
+                select(OutboxRow, Case.case_id)
+                .join(Case, Case.id == OutboxRow.case_pk)
+                .order_by(OutboxRow.id.desc())
+                .limit(limit)
+            ).all()
+            return [
+                {
+                    "id": row.id,
+                    "case_id": case_id,
+                    "kind": row.kind,
+                    "recipient": row.recipient,
+                    "state": row.state,
+                    "suppressed_reason": row.suppressed_reason,
+                    "attempts": row.attempts,
+                    "last_error": row.last_error,
+                    "message_id": row.message_id,
+                    "created_at": _iso(row.created_at),
+                    "next_attempt_at": _iso(row.next_attempt_at),
+                    "sent_at": _iso(row.sent_at),
+                }
+                for row, case_id in rows
+            ]
+
+    def case_exists(self, case_id: str) -> bool:
+        with Session(self.engine) as session:
+            return session.exec(select(Case.id).where(Case.case_id == case_id.upper())).first() is not None
+
+
+def is_integrity_error(exc: BaseException) -> bool:
+    return isinstance(exc, IntegrityError)

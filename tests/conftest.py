@@ -1,0 +1,263 @@
+"""Fixtures: a real gateway on port 0, a real SMTP sink as smarthost, a real store (SQLite file or the
+PostgreSQL named by ABUSE_GATEWAY_TEST_PG).
+
+The gateway runs in a thread with its own event loop (the harness's choice, not the product's: `serve`
+runs one loop in the main thread) so tests can speak SMTP with plain, blocking `smtplib`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import smtplib
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiosmtpd.smtp import SMTP as AioSMTP
+from sqlalchemy import text
+
+from gateway.config import Config, load_config
+from gateway.intake import ParseFn
+from gateway.service import Service
+from storage import schema
+from storage.engine import make_engine
+
+DATA = Path(__file__).with_name("data")
+CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
+PG_URL = os.environ.get("ABUSE_GATEWAY_TEST_PG")
+
+
+def load_eml(name: str) -> bytes:
+    return (DATA / name).read_bytes()
+
+
+def reset_postgres(url: str) -> None:
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("DROP SCHEMA IF EXISTS public CASCADE"))
+        conn.execute(text("CREATE SCHEMA public"))
+    engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Every store-facing test runs on both backends; the PostgreSQL half skips without a URL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/cases.db"
+    if not PG_URL:
+        pytest.skip("ABUSE_GATEWAY_TEST_PG is not set")
+    reset_postgres(PG_URL)
+    return PG_URL
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path}/cases.db"
+
+
+def make_config(tmp_path: Path, store_url: str, **sections: dict[str, Any]) -> Config:
+    base: dict[str, dict[str, Any]] = {
+        "smtp": {"listen": ["127.0.0.1:0"], "hostname": "mx.test.example"},
+        "intake": {"addresses": ["abuse@example.org"]},
+        "store": {"url": store_url, "spool_dir": str(tmp_path / "spool"), "group_commit_ms": 1},
+        "confirm": {
+            "from": "abuse@example.org",
+            "outbox_dir": str(tmp_path / "outbox"),
+            "secret_file": str(tmp_path / "reply-token.key"),
+        },
+    }
+    for section, values in sections.items():
+        base.setdefault(section, {}).update(values)
+    return Config.model_validate(base)
+
+
+@dataclass
+class RunningGateway:
+    service: Service
+    thread: threading.Thread
+    loop: asyncio.AbstractEventLoop
+
+    @property
+    def port(self) -> int:
+        return self.service.ports[0]
+
+    @property
+    def store(self) -> Any:
+        return self.service.store
+
+    def send(
+        self,
+        raw: bytes,
+        mail_from: str = "reporter@example.net",
+        rcpt_tos: tuple[str, ...] | list[str] = ("abuse@example.org",),
+    ) -> tuple[int, bytes]:
+        """One SMTP transaction; returns the reply to the end of DATA."""
+        with smtplib.SMTP("127.0.0.1", self.port, timeout=30) as client:
+            client.ehlo("client.test")
+            code, reply = client.mail(mail_from)
+            assert code == 250, reply
+            for rcpt in rcpt_tos:
+                code, reply = client.rcpt(rcpt)
+                assert code == 250, reply
+            return client.data(raw)
+
+    def wait_idle(self, timeout: float = 20.0) -> None:
+        """Until every accepted message is processed (and the outbox has had a chance to run)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.store.inbox_depth() == 0 and self.service.spool.depth() == 0:
+                return
+            time.sleep(0.02)
+        raise AssertionError("inbox did not drain")
+
+    def wait_outbox(
+        self, predicate: Callable[[list[dict[str, Any]]], bool], timeout: float = 20.0
+    ) -> list[Any]:
+        deadline = time.monotonic() + timeout
+        rows: list[dict[str, Any]] = []
+        while time.monotonic() < deadline:
+            rows = self.store.list_outbox()
+            if predicate(rows):
+                return rows
+            time.sleep(0.05)
+        raise AssertionError(f"outbox never matched: {rows}")
+
+    def stop(self) -> None:
+        if self.thread.is_alive():
+            self.loop.call_soon_threadsafe(self.service.stop)
+            self.thread.join(timeout=60)
+
+
+def start_gateway(config: Config, parse: ParseFn | None = None, upgrade: bool = True) -> RunningGateway:
+    if upgrade:
+        engine = make_engine(config.store.url)
+        schema.upgrade(engine)
+        engine.dispose()
+    started = threading.Event()
+    holder: dict[str, Any] = {}
+
+    def run() -> None:
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        holder["loop"] = loop
+
+        async def main() -> None:
+            service = Service(config, parse=parse, on_ready=lambda _s: started.set())
+            holder["service"] = service
+            await service.run()
+
+        try:
+            loop.run_until_complete(main())
+        except BaseException as exc:  # surfaced to the test below
+            holder["error"] = exc
+            started.set()
+        finally:
+            loop.close()
+
+    thread = threading.Thread(target=run, name="gateway", daemon=True)
+    thread.start()
+    if not started.wait(30) or "error" in holder:
+        raise RuntimeError(f"gateway did not start: {holder.get('error')!r}")
+    return RunningGateway(holder["service"], thread, holder["loop"])
+
+
+@pytest.fixture
+def gateway_factory(tmp_path: Path) -> Iterator[Callable[..., RunningGateway]]:
+    started: list[RunningGateway] = []
+
+    def factory(
+        store_url: str | None = None, parse: ParseFn | None = None, **sections: Any
+    ) -> RunningGateway:
+        config = make_config(tmp_path, store_url or f"sqlite:///{tmp_path}/cases.db", **sections)
+        gateway = start_gateway(config, parse)
+        started.append(gateway)
+        return gateway
+
+    yield factory
+    for gateway in started:
+        gateway.stop()
+
+
+@pytest.fixture
+def gateway(gateway_factory: Callable[..., RunningGateway], store_url: str) -> RunningGateway:
+    return gateway_factory(store_url)
+
+
+# ---- the smarthost stand-in ---------------------------------------------------------------------------
+
+
+@dataclass
+class SinkHandler:
+    """Answers each DATA with the next scripted reply (then 250), recording what it accepted."""
+
+    replies: list[str] = field(default_factory=list)
+    received: list[tuple[str, list[str], bytes]] = field(default_factory=list)
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        reply = self.replies.pop(0) if self.replies else "250 2.0.0 OK"
+        if reply.startswith("250"):
+            self.received.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content))
+        return reply
+
+
+@dataclass
+class Sink:
+    handler: SinkHandler
+    port: int
+    loop: asyncio.AbstractEventLoop
+    thread: threading.Thread
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def wait_for(self, count: int, timeout: float = 20.0) -> list[tuple[str, list[str], bytes]]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if len(self.handler.received) >= count:
+                return self.handler.received
+            time.sleep(0.05)
+        raise AssertionError(f"sink got {len(self.handler.received)} of {count} messages")
+
+
+@pytest.fixture
+def smtp_sink() -> Iterator[Sink]:
+    handler = SinkHandler()
+    ready = threading.Event()
+    holder: dict[str, Any] = {}
+
+    def run() -> None:
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+
+        async def serve() -> None:
+            server = await loop.create_server(
+                lambda: AioSMTP(handler, hostname="sink.test", enable_SMTPUTF8=True), "127.0.0.1", 0
+            )
+            holder["port"] = server.sockets[0].getsockname()[1]
+            holder["server"] = server
+            ready.set()
+
+        loop.run_until_complete(serve())
+        holder["loop"] = loop
+        loop.run_forever()
+        loop.close()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    ready.wait(10)
+    sink = Sink(handler, holder["port"], holder.get("loop") or asyncio.new_event_loop(), thread)
+    yield sink
+    loop = holder.get("loop")
+    if loop is not None:
+        loop.call_soon_threadsafe(loop.stop)
+    thread.join(timeout=10)
+
+
+def config_from_env(tmp_path: Path) -> Config:
+    return load_config(None, environ={})
