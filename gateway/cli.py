@@ -31,6 +31,7 @@ def _setup_logging(level: str) -> None:
         stream=sys.stderr,
     )
     logging.getLogger("mail.log").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 def _config(ctx: click.Context) -> Config:
@@ -130,57 +131,45 @@ def ingest(
     _remember_config(ctx, config_path)
     config = _config(ctx)
     from gateway.intake import IntakeWorker
-    from gateway.service import build_threader, check_store
-    from storage.inbox import Envelope, Spool, store_now
+    from gateway.service import build_store, build_threader, check_store
+    from storage.errors import TransientError
+    from storage.inbox import Envelope, Spool, spool_now, store_now
 
-    store = _store(ctx)
     spool = Spool(config.store.spool_dir)
     rcpts = recipients or (config.intake.addresses[:1] or ("abuse@localhost",))
     envelope = Envelope(sender, tuple(rcpts), "ingest")
-    sources = _iter_sources(paths) if paths else iter([("-", sys.stdin.buffer.read())])
-    store_ok = True
+    log = logging.getLogger("abuse_gateway.ingest")
+    store, worker = None, None
     try:
+        store = build_store(config)
         check_store(store.engine)
-    except Exception:
-        store_ok = False
-    worker = IntakeWorker(config, store, build_threader(config)) if store_ok else None
-    pending: list[int] = []
-    outcomes: list[str] = []
-    from storage.errors import TransientError
-
+        worker = IntakeWorker(config, store, build_threader(config))
+    except Exception as exc:  # unreachable or not upgraded: keep every message in the spool instead
+        log.warning("store unavailable: error=%s; spooling", type(exc).__name__)
+        store = None
+    sources = _iter_sources(paths) if paths else iter([("-", sys.stdin.buffer.read())])
+    outcomes: list[tuple[str, int | str]] = []
     try:
         for _name, raw in sources:
-            if store_ok:
-                result = store_now(store.engine, spool, raw, envelope, config.store.commit_budget)
-            else:
-                from storage.inbox import new_uid
-
-                uid = new_uid()
-                from datetime import UTC
-
-                spool.write(uid, raw, envelope, datetime.now(UTC))
-                result = None
-                outcomes.append(f"spooled:{uid}")
+            if store is None:
+                outcomes.append(("spooled", spool_now(spool, raw, envelope).uid))
                 continue
+            result = store_now(store.engine, spool, raw, envelope, config.store.commit_budget)
             if result.inbox_id is None:
-                outcomes.append(f"spooled:{result.uid}")
+                outcomes.append(("spooled", result.uid))
             else:
-                pending.append(result.inbox_id)
-                outcomes.append(f"inbox:{result.inbox_id}")
-            if worker is not None and len(pending) >= 256:
+                outcomes.append(("inbox", result.inbox_id))
+            if worker is not None and len(outcomes) % 256 == 0:
                 worker.drain()
-                pending.clear()
         if worker is not None:
             worker.drain()
     except (TransientError, OSError) as exc:
-        click.echo(f"abuse-gateway: store unavailable: {type(exc).__name__}", err=True)
+        click.echo(f"abuse-gateway: store and spool unavailable: {type(exc).__name__}", err=True)
         ctx.exit(EX_TEMPFAIL)
-    case_ids = store.case_ids_for_inbox([int(o.split(":")[1]) for o in outcomes if o.startswith("inbox:")])
-    for outcome in outcomes:
-        if outcome.startswith("inbox:"):
-            click.echo(case_ids.get(int(outcome.split(":")[1]), "pending"))
-        else:
-            click.echo(outcome)
+    inbox_ids = [int(ref) for kind, ref in outcomes if kind == "inbox"]
+    case_ids = store.case_ids_for_inbox(inbox_ids) if store is not None else {}
+    for kind, ref in outcomes:
+        click.echo(case_ids.get(int(ref), "pending") if kind == "inbox" else f"spooled:{ref}")
 
 
 @main.group()

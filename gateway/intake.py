@@ -13,13 +13,13 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
-from parsers.indicators import extract_indicators, indicator_host
-from parsers.message import ParseLimits, parse_message
-
 from gateway.config import Config
 from gateway.threader import Threader
 from parsers.auto import classify
+from parsers.bounce import returned_message_ids
 from parsers.escape import escape_text
+from parsers.indicators import extract_indicators, indicator_host
+from parsers.message import ParseLimits, parse_message
 from parsers.reports import parse_machine_report
 from parsers.types import Indicator, MachineReport, ParsedMessage
 from storage.store import CaseStore, ClaimedEntry, Committed, PreparedMessage
@@ -96,6 +96,7 @@ def prepare(entry: ClaimedEntry, parse: ParseFn = parse_message) -> PreparedMess
         defects=parsed.defects,
         flags=tuple(flags),
         group_key=_group_key(report),
+        returned_message_ids=returned_message_ids(entry.raw) if classification.kind == "automatic" else (),
     )
 
 

@@ -38,9 +38,12 @@ SESSION_EXPIRED = "421 4.4.2 Session time limit exceeded, closing"
 TLS_REQUIRED = "530 5.7.0 Must issue a STARTTLS command first"
 
 # aiosmtpd's own wording for the size refusals; rewritten to carry the enhanced code (RFC 3463 §3.5).
+# Its "line too long" in DATA counts too: our DATA line limit is the message size limit, so a line over
+# it is a message over it.
 _AIOSMTPD_TOO_BIG = (
     b"552 Error: Too much mail data",
     b"552 Error: message size exceeds fixed maximum message size",
+    b"500 Line too long (see RFC5321 4.5.3.1.6)",
 )
 
 

@@ -55,7 +55,7 @@ class Threader:
         if case_id and lookup.case(case_id):
             return case_id, "token", case_id, []
         parsed = item.parsed
-        header_ids = [*parsed.in_reply_to, *reversed(parsed.references)]
+        header_ids = [*parsed.in_reply_to, *reversed(parsed.references), *item.returned_message_ids]
         case_id = lookup.case_for_message_ids(header_ids)
         if case_id:
             return case_id, "header", case_id, []
@@ -103,4 +103,7 @@ class Threader:
         confirm = None
         if self.confirm_policy is not None:
             confirm = self.confirm_policy(item, lookup, case_id is None)
-        return ThreadDecision(case_id=case_id, signal=signal, ref=ref, flags=tuple(flags), confirm=confirm)
+        bounced = item.returned_message_ids if item.kind == "automatic" and signal == "header" else ()
+        return ThreadDecision(
+            case_id=case_id, signal=signal, ref=ref, flags=tuple(flags), confirm=confirm, bounced=bounced
+        )

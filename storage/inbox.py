@@ -289,6 +289,13 @@ class Inbox:
                 item.future.set_result(AppendResult(item.uid, None, spooled=True))
 
 
+def spool_now(spool: Spool, raw: bytes, envelope: Envelope) -> AppendResult:
+    """Straight to the spool (the store is known to be down); OSError when the spool fails too."""
+    uid = new_uid()
+    spool.write(uid, raw, envelope, datetime.now(UTC))
+    return AppendResult(uid, None, spooled=True)
+
+
 def store_now(engine: Engine, spool: Spool, raw: bytes, envelope: Envelope, budget: float) -> AppendResult:
     """The synchronous twin of `Inbox.append`, for `ingest`: store, else spool, else TransientError."""
     uid, received_at = new_uid(), datetime.now(UTC)

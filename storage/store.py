@@ -52,6 +52,7 @@ class PreparedMessage:
     defects: tuple[str, ...] = ()
     flags: tuple[str, ...] = ()
     group_key: str | None = None
+    returned_message_ids: tuple[str, ...] = ()  # what a bounce says it returns
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +93,7 @@ class ThreadDecision:
     flags: tuple[str, ...] = ()
     confirm: ConfirmRequest | None = None
     duplicate: bool = False  # the same bytes were stored before: keep the inbox entry, add no message
+    bounced: tuple[str, ...] = ()  # Message-IDs of our confirmations this bounce returns
 
 
 class Lookup(Protocol):
@@ -394,6 +396,12 @@ class CaseStore:
                     next_attempt_at=None if decision.confirm.suppressed_reason else now,
                     message_id=decision.confirm.message_id,
                 )
+            )
+        if decision.bounced:
+            session.execute(
+                update(OutboxRow)
+                .where(OutboxRow.message_id.in_(list(decision.bounced)))
+                .values(state="bounced", last_error=f"bounce received: case {case.case_id} message {index}")
             )
         state = "failed" if "processing_failed" in item.flags else "done"
         self._mark_done(session, entry.inbox_id, state)

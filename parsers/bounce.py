@@ -1,0 +1,47 @@
+"""What a bounce returns: the Message-IDs of the message(s) it reports on.
+
+A DSN (RFC 3464) carries the returned message as `message/rfc822` or its headers as
+`text/rfc822-headers` (RFC 6522 §3); many MTAs that do not speak DSN paste the headers into the text. A
+bounce of one of our confirmations names the confirmation's Message-ID there, which is how it threads into
+the case and marks the confirmation bounced (issue 5).
+"""
+
+from __future__ import annotations
+
+import re
+from email import message_from_bytes, policy
+from email.message import Message
+
+_MESSAGE_ID = re.compile(rb"^Message-ID:[ \t]*<([^<>\s]{1,250})>", re.IGNORECASE | re.MULTILINE)
+# A bounce that quotes a whole confirmation is small; look no further than this into it.
+_SCAN_LIMIT = 256 * 1024
+
+
+def _part_ids(part: Message) -> list[str]:
+    payload = part.get_payload()
+    if isinstance(payload, list):  # message/rfc822: the returned message, already parsed
+        ids = []
+        for inner in payload:
+            value = inner.get("Message-ID") if isinstance(inner, Message) else None
+            if value:
+                ids.append(str(value).strip().strip("<>"))
+        return ids
+    body = part.get_payload(decode=True) or b""
+    return [m.decode("ascii", "replace") for m in _MESSAGE_ID.findall(body[:_SCAN_LIMIT])]
+
+
+def returned_message_ids(raw: bytes) -> tuple[str, ...]:
+    """Message-IDs of the returned message in a bounce; empty when there is none. Never raises."""
+    try:
+        message = message_from_bytes(raw[: 4 * _SCAN_LIMIT], policy=policy.compat32)
+        own_id = (message.get("Message-ID") or "").strip().strip("<>")
+        found: list[str] = []
+        for part in message.walk():
+            ctype = part.get_content_type()
+            if ctype in ("message/rfc822", "text/rfc822-headers"):
+                found += _part_ids(part)
+        if not found and not message.is_multipart():
+            found = [m.decode("ascii", "replace") for m in _MESSAGE_ID.findall(raw[:_SCAN_LIMIT])]
+        return tuple(dict.fromkeys(i for i in found if i and i != own_id))
+    except Exception:
+        return ()
