@@ -28,11 +28,11 @@ from email.utils import format_datetime, make_msgid
 from pathlib import Path
 
 import aiosmtplib
-from parsers.reply_token import make_reply_token
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from gateway.config import Config
 from parsers.auto import is_bulk_or_list
+from parsers.reply_token import make_reply_token
 from storage.store import CaseStore, ConfirmRequest, Lookup, OutboxJob, PreparedMessage
 
 log = logging.getLogger("abuse_gateway.confirm")
@@ -111,9 +111,16 @@ def _suppression(item: PreparedMessage, sender: str) -> str | None:
     suppress = (parsed.header("X-Auto-Response-Suppress") or "").lower()
     if "all" in suppress or "autoreply" in suppress:
         return "x_auto_response_suppress"
-    if parsed.header(LOOP_HEADER) is not None:
-        return "own_mail"
     return None
+
+
+def _own_mail(item: PreparedMessage, lookup: Lookup, domain: str) -> bool:
+    """Our loop header, or a Message-ID we minted: our own mail came back (checked first, so the
+    recorded reason names the loop rather than the Auto-Submitted header our mail also carries)."""
+    if item.parsed.header(LOOP_HEADER) is not None:
+        return True
+    message_id = item.parsed.message_id or ""
+    return message_id.endswith(f"@{domain}") and lookup.case_for_message_ids([message_id]) is not None
 
 
 def confirm_policy(config: Config) -> object:
@@ -124,10 +131,7 @@ def confirm_policy(config: Config) -> object:
     def decide(item: PreparedMessage, lookup: Lookup, opening: bool) -> ConfirmRequest | None:
         sender = (item.entry.mail_from or "").strip().lower()
         kind = "confirmation" if opening else "acknowledgement"
-        reason = _suppression(item, sender)
-        if reason is None and item.parsed.message_id and item.parsed.message_id.endswith(f"@{domain}"):
-            if lookup.case_for_message_ids([item.parsed.message_id]):
-                reason = "own_mail"
+        reason = "own_mail" if _own_mail(item, lookup, domain) else _suppression(item, sender)
         if reason is None:
             since = datetime.now(UTC) - timedelta(hours=1)
             if lookup.confirmations_since(sender, since) >= per_address:

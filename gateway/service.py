@@ -18,6 +18,7 @@ from sqlalchemy import Engine
 
 from gateway import sdnotify
 from gateway.config import Config
+from gateway.confirm import ConfirmWorker
 from gateway.intake import IntakeWorker, ParseFn, default_parser
 from gateway.smtp import ConnectionLimits, GatewayHandler, start_listeners, tls_context
 from gateway.threader import Threader
@@ -83,7 +84,16 @@ class Service:
     async def run(self) -> None:
         await asyncio.to_thread(check_store, self.engine)
         self.threader = build_threader(self.config)
-        self.worker = IntakeWorker(self.config, self.store, self.threader, self.parse or default_parser())
+        loop = asyncio.get_running_loop()
+        self.confirmer: ConfirmWorker | None = None
+        self.worker = IntakeWorker(
+            self.config,
+            self.store,
+            self.threader,
+            self.parse or default_parser(),
+            # Commits happen in the worker thread; wake the confirmation sender in the loop, thread-safely.
+            on_committed=lambda _done: loop.call_soon_threadsafe(self._wake_confirmer),
+        )
         self.inbox = Inbox(
             self.engine,
             self.spool,
@@ -99,8 +109,6 @@ class Service:
             asyncio.get_running_loop().create_task(self._replay_spool(), name="spool-replayer")
         )
         if self.config.confirm.enabled:
-            from gateway.confirm import ConfirmWorker
-
             self.confirmer = ConfirmWorker(self.config, self.store)
             self._tasks.append(asyncio.get_running_loop().create_task(self.confirmer.run(), name="confirm"))
         self._install_signals()
@@ -117,6 +125,10 @@ class Service:
 
     def stop(self) -> None:
         self._stop.set()
+
+    def _wake_confirmer(self) -> None:
+        if self.confirmer is not None:
+            self.confirmer.wake()
 
     def _install_signals(self) -> None:
         loop = asyncio.get_running_loop()
