@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from gateway.config import Config
 from gateway.threader import Threader
 from parsers.auto import classify
-from parsers.bounce import returned_message_ids
+from parsers.bounce import embedded_texts, returned_message_ids
 from parsers.escape import escape_text
 from parsers.indicators import extract_indicators, indicator_host
 from parsers.message import ParseLimits, parse_message
@@ -73,6 +73,10 @@ def _group_key(report: MachineReport | None) -> str | None:
     return f"{report.category or 'unknown'}|{source.lower()}"
 
 
+def _has_embedded_message(parsed: ParsedMessage) -> bool:
+    return any(a.content_type in ("message/rfc822", "text/rfc822-headers") for a in parsed.attachments)
+
+
 def prepare(entry: ClaimedEntry, parse: ParseFn = parse_message) -> PreparedMessage:
     """The pure stages for one entry. May raise only if `parse` (a test hook, a future parser) does."""
     parsed = parse(entry.raw)
@@ -97,6 +101,7 @@ def prepare(entry: ClaimedEntry, parse: ParseFn = parse_message) -> PreparedMess
         flags=tuple(flags),
         group_key=_group_key(report),
         returned_message_ids=returned_message_ids(entry.raw) if classification.kind == "automatic" else (),
+        embedded_texts=embedded_texts(entry.raw) if _has_embedded_message(parsed) else (),
     )
 
 

@@ -15,9 +15,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from parsers.reply_token import token_from_address, verify_reply_token
-
 from parsers.case_ref import find_case_ids, find_case_ids_in_body
+from parsers.reply_token import token_from_address, verify_reply_token
 from storage.store import ConfirmRequest, Lookup, PreparedMessage, ThreadDecision
 
 ConfirmPolicy = Callable[[PreparedMessage, Lookup, bool], ConfirmRequest | None]
@@ -62,7 +61,7 @@ class Threader:
         unknown: str | None = None
         for signal, ids in (
             ("subject", find_case_ids(parsed.subject, self.prefix)),
-            ("body", find_case_ids_in_body(parsed.text, self.prefix)),
+            ("body", self._body_ids(item)),
         ):
             existing = [i for i in ids if lookup.case(i)]
             if existing:
@@ -71,6 +70,12 @@ class Threader:
             if ids and unknown is None:
                 unknown = ids[0]
         return None, "none", unknown, []
+
+    def _body_ids(self, item: PreparedMessage) -> list[str]:
+        ids = find_case_ids_in_body(item.parsed.text, self.prefix)
+        for text in item.embedded_texts:
+            ids += [i for i in find_case_ids(text, self.prefix) if i not in ids]
+        return ids
 
     def resolve(self, item: PreparedMessage, lookup: Lookup) -> ThreadDecision:
         parsed = item.parsed

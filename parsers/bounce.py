@@ -45,3 +45,41 @@ def returned_message_ids(raw: bytes) -> tuple[str, ...]:
         return tuple(dict.fromkeys(i for i in found if i and i != own_id))
     except Exception:
         return ()
+
+
+_EMBEDDED_TEXT_LIMIT = 8 * 1024
+
+
+def _first_text(message: Message) -> str:
+    for part in message.walk():
+        if part.get_content_type() == "text/plain" and not part.get_filename():
+            payload = part.get_payload(decode=True) or b""
+            charset = part.get_content_charset() or "utf-8"
+            try:
+                return payload[:_EMBEDDED_TEXT_LIMIT].decode(charset, "replace")
+            except LookupError:
+                return payload[:_EMBEDDED_TEXT_LIMIT].decode("utf-8", "replace")
+    return ""
+
+
+def embedded_texts(raw: bytes) -> tuple[str, ...]:
+    """Subject and opening text of each attached message (a forwarded confirmation, a returned one).
+
+    The reporter's own text never includes a forwarded message (it is evidence), but a case ID written
+    there is still a threading signal of the `body` kind (issue 5). Never raises.
+    """
+    try:
+        message = message_from_bytes(raw[: 4 * _SCAN_LIMIT], policy=policy.compat32)
+        texts: list[str] = []
+        for part in message.walk():
+            ctype = part.get_content_type()
+            if ctype == "message/rfc822":
+                for inner in part.get_payload() if isinstance(part.get_payload(), list) else []:
+                    if isinstance(inner, Message):
+                        texts.append(f"{inner.get('Subject', '')}\n{_first_text(inner)}")
+            elif ctype == "text/rfc822-headers":
+                body = (part.get_payload(decode=True) or b"")[:_EMBEDDED_TEXT_LIMIT]
+                texts.append(body.decode("utf-8", "replace"))
+        return tuple(texts)
+    except Exception:
+        return ()

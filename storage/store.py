@@ -53,6 +53,7 @@ class PreparedMessage:
     flags: tuple[str, ...] = ()
     group_key: str | None = None
     returned_message_ids: tuple[str, ...] = ()  # what a bounce says it returns
+    embedded_texts: tuple[str, ...] = ()  # subject and opening text of attached messages
 
 
 @dataclass(frozen=True, slots=True)
