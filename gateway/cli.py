@@ -177,6 +177,15 @@ def cases() -> None:
     """Read and manage cases."""
 
 
+# Characters JSON leaves raw but line-oriented readers (Python's splitlines, some log shippers) treat as
+# line breaks; a hostile message must not be able to split one exported case into two lines.
+_LINE_BREAKERS = str.maketrans({"\u0085": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
+
+def _json_line(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, default=str).translate(_LINE_BREAKERS)
+
+
 def _print_json(value: Any) -> None:
     click.echo(json.dumps(value, ensure_ascii=False, indent=2, default=str))
 
@@ -306,7 +315,7 @@ def cases_export(ctx: click.Context, since: str | None) -> None:
 
             since_at = since_at.replace(tzinfo=UTC)
     for view in _store(ctx).export_cases(since_at):
-        click.echo(json.dumps(view, ensure_ascii=False, default=str))
+        click.echo(_json_line(view))
 
 
 @cases.command("close")

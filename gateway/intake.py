@@ -38,15 +38,27 @@ def default_parser(limits: ParseLimits | None = None) -> ParseFn:
     return lambda raw: parse_message(raw, limits)
 
 
+def _display(value: object) -> object:
+    """Report fields are shown to people: every string in them escaped, however deeply nested."""
+    if isinstance(value, str):
+        return escape_text(value)
+    if isinstance(value, dict):
+        return {str(k): _display(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_display(v) for v in value]
+    return value
+
+
 def _report_fields(report: MachineReport) -> dict[str, object]:
+    """The report as the desk sees it (escaped); the refanged values live on as indicators."""
     return {
         "format": report.format,
         "category": report.category,
-        "source_ip": report.source_ip,
-        "domains": list(report.domains),
-        "urls": list(report.urls),
-        "fields": {k: v for k, v in report.fields.items()},
-        "original_headers": [list(pair) for pair in report.original_headers],
+        "source_ip": _display(report.source_ip),
+        "domains": _display(list(report.domains)),
+        "urls": _display(list(report.urls)),
+        "fields": _display(report.fields),
+        "original_headers": _display([list(pair) for pair in report.original_headers]),
     }
 
 
