@@ -18,6 +18,7 @@ from gateway.threader import Threader
 from parsers.auto import classify
 from parsers.bounce import embedded_texts, returned_message_ids
 from parsers.escape import escape_text
+from parsers.forward import ForwardedMessage, forwarded_messages
 from parsers.indicators import extract_indicators, indicator_host
 from parsers.message import ParseLimits, parse_message
 from parsers.reports import parse_machine_report
@@ -63,9 +64,11 @@ def _report_fields(report: MachineReport) -> dict[str, object]:
 
 
 def _indicators(
-    parsed: ParsedMessage, report: MachineReport | None
+    parsed: ParsedMessage, report: MachineReport | None, forwards: tuple[ForwardedMessage, ...] = ()
 ) -> tuple[tuple[Indicator, str | None], ...]:
     texts = [parsed.subject, parsed.text, *parsed.html_links]
+    for forward in forwards:
+        texts += [forward.subject, forward.text, forward.sender_ip or ""]
     if report is not None:
         texts += [*report.urls, *report.domains, report.source_ip or ""]
     found: dict[Indicator, None] = {}
@@ -85,6 +88,39 @@ def _group_key(report: MachineReport | None) -> str | None:
     return f"{report.category or 'unknown'}|{source.lower()}"
 
 
+def _evidence(forward: ForwardedMessage) -> dict[str, object]:
+    return {
+        "source": forward.source,
+        "from": _display(forward.from_addr),
+        "subject": _display(forward.subject),
+        "date": forward.date,
+        "message_id": forward.message_id,
+        "sender_ip": _display(forward.sender_ip),
+        "received": _display([dict(hop) for hop in forward.received]),
+        "text": _display(forward.text),
+        "defects": list(forward.defects),
+    }
+
+
+_INLINE_FORWARD_HINT = (
+    "forwarded message",
+    "original message",
+    "begin forwarded",
+    "weitergeleitete",
+    "ursprüngliche nachricht",
+    "message transféré",
+    "mensaje reenviado",
+)
+
+
+def _may_forward(parsed: ParsedMessage) -> bool:
+    """Cheap pre-check so the forward parser (and mail-parser) only runs where a forward can be."""
+    if any(a.content_type == "message/rfc822" for a in parsed.attachments):
+        return True
+    head = parsed.text[:200_000].lower()
+    return any(hint in head for hint in _INLINE_FORWARD_HINT)
+
+
 def _has_embedded_message(parsed: ParsedMessage) -> bool:
     return any(a.content_type in ("message/rfc822", "text/rfc822-headers") for a in parsed.attachments)
 
@@ -94,6 +130,7 @@ def prepare(entry: ClaimedEntry, parse: ParseFn = parse_message) -> PreparedMess
     parsed = parse(entry.raw)
     report = parse_machine_report(entry.raw)
     classification = classify(parsed, entry.mail_from, report)
+    forwards = forwarded_messages(entry.raw, parsed.text) if _may_forward(parsed) and report is None else ()
     flags = []
     if any(name.lower().startswith(_OUR_HEADER_PREFIX) for name, _ in parsed.headers):
         flags.append("untrusted_gateway_headers")
@@ -107,13 +144,14 @@ def prepare(entry: ClaimedEntry, parse: ParseFn = parse_message) -> PreparedMess
         escaped_filenames=tuple(
             escape_text(a.filename) if a.filename else a.filename for a in parsed.attachments
         ),
-        indicators=_indicators(parsed, report),
+        indicators=_indicators(parsed, report, forwards),
         report=_report_fields(report) if report is not None else None,
         defects=parsed.defects,
         flags=tuple(flags),
         group_key=_group_key(report),
         returned_message_ids=returned_message_ids(entry.raw) if classification.kind == "automatic" else (),
         embedded_texts=embedded_texts(entry.raw) if _has_embedded_message(parsed) else (),
+        evidence=tuple(_evidence(f) for f in forwards),
     )
 
 

@@ -58,6 +58,7 @@ def build_threader(config: Config) -> Threader:
         config.intake.case_prefix,
         token_keys=keys,
         confirm_policy=confirm_policy(config) if config.confirm.enabled else None,
+        group_window_seconds=config.intake.machine_report_group_window,
     )
 
 

@@ -92,6 +92,8 @@ class Message(SQLModel, table=True):
     defects: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     flags: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     report: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    # Forwarded messages (attached or inline) with their own parsed headers, in display form (issue 6).
+    evidence: list[dict[str, Any]] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
 
     __table_args__ = (UniqueConstraint("case_pk", "index"),)
 

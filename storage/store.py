@@ -54,6 +54,7 @@ class PreparedMessage:
     group_key: str | None = None
     returned_message_ids: tuple[str, ...] = ()  # what a bounce says it returns
     embedded_texts: tuple[str, ...] = ()  # subject and opening text of attached messages
+    evidence: tuple[dict[str, Any], ...] = ()  # forwarded messages, display form
 
 
 @dataclass(frozen=True, slots=True)
@@ -380,6 +381,7 @@ class CaseStore:
             defects=list(item.defects),
             flags=list(dict.fromkeys([*item.flags, *decision.flags, *_confirm_flags(decision)])),
             report=item.report,
+            evidence=list(item.evidence) or None,
         )
         session.add(message)
         session.flush()
@@ -533,6 +535,7 @@ class CaseStore:
                 f for f in dict.fromkeys([*message.flags, *item.flags]) if f != "processing_failed"
             ]
             message.report = item.report
+            message.evidence = list(item.evidence) or None
             session.add(message)
             for old in session.exec(
                 select(AttachmentRow).where(AttachmentRow.message_pk == message_pk)
@@ -645,6 +648,7 @@ class CaseStore:
                         "defects": list(m.defects),
                         "flags": list(m.flags),
                         **({"report": m.report} if m.report is not None else {}),
+                        **({"evidence": m.evidence} if m.evidence else {}),
                     }
                     for m in messages
                 ],
