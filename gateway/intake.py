@@ -251,7 +251,12 @@ class IntakeWorker:
             log.debug("prepared: inbox_id=%d ms=%.1f", entry.inbox_id, (time.monotonic() - started) * 1000)
         if not prepared:
             return len(entries)
-        committed = self.store.commit_processed(prepared, self.threader.resolve)
+        try:
+            committed = self.store.commit_processed(prepared, self.threader.resolve)
+        except Exception as exc:
+            if len(prepared) == 1 and self._is_outage(exc):
+                raise
+            committed = self._commit_one_by_one(prepared)
         for item in committed:
             log.info(
                 "stored: inbox_id=%d case_id=%s index=%d kind=%s signal=%s opened=%s duplicate=%s",
@@ -266,6 +271,31 @@ class IntakeWorker:
         if self.on_committed is not None:
             self.on_committed(committed)
         return len(entries)
+
+    @staticmethod
+    def _is_outage(exc: Exception) -> bool:
+        from sqlalchemy.exc import DisconnectionError, OperationalError
+
+        return isinstance(exc, (OperationalError, DisconnectionError))
+
+    def _commit_one_by_one(self, prepared: Sequence[PreparedMessage]) -> list[Committed]:
+        """A batch failed: find the entry that breaks the commit so it cannot hold up the others. The one
+        that fails alone counts an attempt and, after the last, is stored as `processing_failed`."""
+        committed: list[Committed] = []
+        for item in prepared:
+            try:
+                committed += self.store.commit_processed([item], self.threader.resolve)
+            except Exception as exc:
+                entry, error = item.entry, type(exc).__name__
+                log.warning(
+                    "commit failed: inbox_id=%d attempt=%d error=%s", entry.inbox_id, entry.attempts, error
+                )
+                if entry.attempts >= self.config.intake.max_attempts and not self._is_outage(exc):
+                    committed += self.store.commit_processed([failed(entry, error)], self.threader.resolve)
+                else:
+                    with contextlib.suppress(Exception):
+                        self.store.release_failed(entry.inbox_id, error)
+        return committed
 
     def drain(self) -> None:
         """Process until the inbox is empty (ingest, reprocess and tests use this synchronously)."""

@@ -9,7 +9,9 @@ the confirmation row, and marks the inbox entry done.
 
 from __future__ import annotations
 
+import os
 import socket
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -22,7 +24,8 @@ from sqlmodel import Session, select
 from parsers.types import Attachment, Indicator, ParsedMessage
 from storage.models import AttachmentRow, Case, CaseEvent, InboxEntry, IndicatorRow, Message, OutboxRow
 
-WORKER_ID = f"{socket.gethostname()}:{id(object())}"
+# Unique per process, across hosts: claims are matched by it, so two gateways must never share one.
+WORKER_ID = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 @dataclass(frozen=True, slots=True)

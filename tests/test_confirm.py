@@ -247,7 +247,7 @@ def test_restart_resends_nothing_already_sent(gateway_factory, sqlite_url: str, 
 
 
 def test_a_claim_left_by_a_killed_worker_expires_and_is_sent_once(
-    gateway_factory, sqlite_url: str, smtp_sink: Sink
+    gateway_factory, store_url: str, smtp_sink: Sink
 ) -> None:
     from datetime import UTC, datetime, timedelta
 
@@ -256,7 +256,7 @@ def test_a_claim_left_by_a_killed_worker_expires_and_is_sent_once(
 
     from storage.models import OutboxRow
 
-    gateway = gateway_factory(sqlite_url, confirm={"enabled": True, "smarthost": "127.0.0.1:9"})
+    gateway = gateway_factory(store_url, confirm={"enabled": True, "smarthost": "127.0.0.1:9"})
     gateway.send(REPORT)
     gateway.wait_outbox(lambda rows: rows and rows[0]["state"] in ("retrying", "sending"))
     gateway.stop()
@@ -270,7 +270,7 @@ def test_a_claim_left_by_a_killed_worker_expires_and_is_sent_once(
                 next_attempt_at=datetime.now(UTC) - timedelta(seconds=1),
             )
         )
-    revived = gateway_factory(sqlite_url, confirm={"smarthost": smtp_sink.address})
+    revived = gateway_factory(store_url, confirm={"smarthost": smtp_sink.address})
     revived.wait_outbox(lambda rows: rows and rows[0]["state"] == "sent")
     assert len(smtp_sink.handler.received) == 1
 
