@@ -40,7 +40,8 @@ def _start(tmp: Path, name: str, port: int, sink: Sink) -> tuple[subprocess.Pope
         f'[intake]\naddresses = ["abuse@example.org"]\n'
         f'[store]\nurl = "{PG_URL}"\nspool_dir = "{home}/spool"\n'
         f'[confirm]\nfrom = "abuse@example.org"\nsmarthost = "{sink.address}"\n'
-        f'secret_file = "{tmp}/shared-reply-token.key"\nper_address_per_hour = 1000\nper_domain_per_hour = 1000\n'
+        f'secret_file = "{tmp}/shared-reply-token.key"\n'
+        "per_address_per_hour = 1000\nper_domain_per_hour = 1000\n"
     )
     log = (home / "stderr.log").open("wb")
     proc = subprocess.Popen(
