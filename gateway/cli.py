@@ -293,6 +293,7 @@ def cases_raw(ctx: click.Context, case_id: str, index: int) -> None:
     if raw is None:
         click.echo(f"abuse-gateway: no message {index} in case {case_id}", err=True)
         ctx.exit(EX_NOTFOUND)
+    _store(ctx).audit(_unix_user(), "raw", f"{case_id.upper()} {index}")
     out = sys.stdout.buffer
     out.write(raw)
     out.flush()
@@ -314,7 +315,9 @@ def cases_export(ctx: click.Context, since: str | None) -> None:
             from datetime import UTC
 
             since_at = since_at.replace(tzinfo=UTC)
-    for view in _store(ctx).export_cases(since_at):
+    store = _store(ctx)
+    store.audit(_unix_user(), "export", f"since {since_at.isoformat()}" if since_at else "all")
+    for view in store.export_cases(since_at):
         click.echo(_json_line(view))
 
 
@@ -347,6 +350,60 @@ def _unix_user() -> str:
         return pwd.getpwuid(os.getuid()).pw_name
     except KeyError:
         return str(os.getuid())
+
+
+@cases.command("hold")
+@click.argument("case_id")
+@click.pass_context
+def cases_hold(ctx: click.Context, case_id: str) -> None:
+    """Put a case on legal hold: `purge` never removes it."""
+    if not _store(ctx).set_hold(case_id, True, _unix_user()):
+        click.echo(f"abuse-gateway: no case {case_id}", err=True)
+        ctx.exit(EX_NOTFOUND)
+    click.echo(f"{case_id.upper()} on hold")
+
+
+@cases.command("release")
+@click.argument("case_id")
+@click.pass_context
+def cases_release(ctx: click.Context, case_id: str) -> None:
+    """Release a case from hold."""
+    if not _store(ctx).set_hold(case_id, False, _unix_user()):
+        click.echo(f"abuse-gateway: no case {case_id}", err=True)
+        ctx.exit(EX_NOTFOUND)
+    click.echo(f"{case_id.upper()} released")
+
+
+@main.command()
+@click.option(
+    "--older-than", "days", type=click.IntRange(min=1), required=True, help="days since last update"
+)
+@click.pass_context
+def purge(ctx: click.Context, days: int) -> None:
+    """Delete closed cases not on hold, raw bytes included (CSAM cases are kept at least 365 days)."""
+    from datetime import timedelta
+
+    removed = _store(ctx).purge(timedelta(days=days), _unix_user())
+    for case_id in removed:
+        click.echo(f"removed {case_id}")
+    click.echo(f"purged {len(removed)} case(s)")
+
+
+@main.group()
+def audit() -> None:
+    """Who exported or removed evidence."""
+
+
+@audit.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def audit_list(ctx: click.Context, as_json: bool) -> None:
+    rows = _store(ctx).list_audit()
+    if as_json:
+        _print_json(rows)
+        return
+    for row in rows:
+        click.echo(f"{row['at']}  {row['actor']:<12} {row['action']:<8} {row['target']}")
 
 
 @main.group()

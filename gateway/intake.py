@@ -21,7 +21,7 @@ from parsers.escape import escape_text
 from parsers.forward import ForwardedMessage, forwarded_messages
 from parsers.indicators import extract_indicators, indicator_host
 from parsers.message import ParseLimits, parse_message
-from parsers.reports import parse_machine_report
+from parsers.reports import is_csam, parse_machine_report
 from parsers.types import Indicator, MachineReport, ParsedMessage
 from storage.store import CaseStore, ClaimedEntry, Committed, PreparedMessage
 
@@ -152,6 +152,7 @@ def prepare(entry: ClaimedEntry, parse: ParseFn = parse_message) -> PreparedMess
         returned_message_ids=returned_message_ids(entry.raw) if classification.kind == "automatic" else (),
         embedded_texts=embedded_texts(entry.raw) if _has_embedded_message(parsed) else (),
         evidence=tuple(_evidence(f) for f in forwards),
+        csam=report is not None and is_csam(report),
     )
 
 

@@ -45,6 +45,11 @@ _AIOSMTPD_TOO_BIG = (
     b"552 Error: message size exceeds fixed maximum message size",
     b"500 Line too long (see RFC5321 4.5.3.1.6)",
 )
+# The stream buffer limit outside DATA: aiosmtpd's own default line limit, well above the longest command
+# it accepts (512 plus the SIZE/SMTPUTF8 allowances). aiosmtpd uses one StreamReader limit for both command
+# lines and DATA lines; left at the DATA limit (the message size) it lets each session park up to
+# max_message_bytes of a never-ending "command" in memory before the 512 check runs.
+_COMMAND_STREAM_LIMIT = 1001
 
 
 @dataclass
@@ -111,6 +116,18 @@ class GatewaySMTP(SMTP):
             self._admitted_ip = ip
             self._deadline_handle = self.loop.call_later(self._deadline, self._expire)
         super().connection_made(transport)
+
+    def _cb_client_connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        super()._cb_client_connected(reader, writer)
+        reader._limit = _COMMAND_STREAM_LIMIT  # type: ignore[attr-defined]  # raised only inside DATA
+
+    async def smtp_DATA(self, arg: str) -> None:
+        reader = self._reader
+        reader._limit = self.line_length_limit  # type: ignore[attr-defined]
+        try:
+            await super().smtp_DATA(arg)
+        finally:
+            reader._limit = _COMMAND_STREAM_LIMIT  # type: ignore[attr-defined]
 
     def connection_lost(self, error: Exception | None) -> None:
         if self._admitted_ip is None:

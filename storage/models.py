@@ -62,6 +62,9 @@ class Case(SQLModel, table=True):
     # For grouping machine reports about one source (AbuseIO's incident → ticket model).
     group_key: str | None = Field(default=None, index=True, max_length=320)
     hold: bool = False
+    # Reported as child sexual abuse material: kept at least 365 days whatever `purge` is told
+    # (18 U.S.C. §2258A(h) preservation).
+    csam: bool = False
     created_at: datetime = _ts(default_factory=utcnow, index=True)
     updated_at: datetime = _ts(default_factory=utcnow)
 
@@ -154,3 +157,15 @@ class CaseEvent(SQLModel, table=True):
     at: datetime = _ts(default_factory=utcnow)
     kind: str = Field(max_length=32)
     detail: str = ""
+
+
+class AuditEvent(SQLModel, table=True):
+    """Who read or removed evidence, and when: every `cases raw`, `cases export` and `purge`."""
+
+    __tablename__ = "audit_events"
+
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime = _ts(default_factory=utcnow, index=True)
+    actor: str = Field(max_length=64)  # the Unix user that ran the command
+    action: str = Field(max_length=32)
+    target: str = ""

@@ -38,9 +38,21 @@ def needs_upgrade(engine: Engine) -> bool:
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
     config = _alembic_config()
-    with engine.begin() as connection:
-        config.attributes["connection"] = connection
-        command.upgrade(config, revision)
+    with engine.connect() as connection:
+        sqlite = connection.dialect.name == "sqlite"
+        if sqlite:
+            # Batch migrations rebuild tables (copy, drop, rename); with foreign keys enforced the drop of a
+            # referenced table fails. Off for the migration, on again after (alembic's batch-mode advice).
+            connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+            connection.commit()  # the PRAGMA autobegan a transaction; SQLite ignores it inside one anyway
+        try:
+            with connection.begin():
+                config.attributes["connection"] = connection
+                command.upgrade(config, revision)
+        finally:
+            if sqlite:
+                connection.exec_driver_sql("PRAGMA foreign_keys=ON")
+                connection.commit()
 
 
 def autogenerate(engine: Engine, message: str) -> None:

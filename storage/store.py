@@ -22,7 +22,16 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
 from parsers.types import Attachment, Indicator, ParsedMessage
-from storage.models import AttachmentRow, Case, CaseEvent, InboxEntry, IndicatorRow, Message, OutboxRow
+from storage.models import (
+    AttachmentRow,
+    AuditEvent,
+    Case,
+    CaseEvent,
+    InboxEntry,
+    IndicatorRow,
+    Message,
+    OutboxRow,
+)
 
 # Unique per process, across hosts: claims are matched by it, so two gateways must never share one.
 WORKER_ID = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -58,6 +67,7 @@ class PreparedMessage:
     returned_message_ids: tuple[str, ...] = ()  # what a bounce says it returns
     embedded_texts: tuple[str, ...] = ()  # subject and opening text of attached messages
     evidence: tuple[dict[str, Any], ...] = ()  # forwarded messages, display form
+    csam: bool = False  # a report of child sexual abuse material: the case is kept at least 365 days
 
 
 @dataclass(frozen=True, slots=True)
@@ -352,6 +362,7 @@ class CaseStore:
                 CaseEvent(case_pk=case.id, kind="reopened", detail=f"by inbox entry {entry.inbox_id}")
             )
         case.updated_at = now
+        case.csam = case.csam or item.csam
         session.add(case)
         index = (
             int(
@@ -587,6 +598,7 @@ class CaseStore:
             "subject": case.escaped_subject,
             "messages": messages,
             "hold": case.hold,
+            "csam": case.csam,
             "created_at": _iso(case.created_at),
             "updated_at": _iso(case.updated_at),
         }
@@ -815,6 +827,74 @@ class CaseStore:
                     "sent_at": _iso(row.sent_at),
                 }
                 for row, case_id in rows
+            ]
+
+    # ---- retention and audit -----------------------------------------------------------------------------
+
+    def set_hold(self, case_id: str, hold: bool, actor: str) -> bool:
+        with Session(self.engine) as session, session.begin():
+            case = session.exec(select(Case).where(Case.case_id == case_id.upper())).first()
+            if case is None:
+                return False
+            case.hold = hold
+            session.add(case)
+            session.add(CaseEvent(case_pk=case.id, kind="hold" if hold else "released", detail=f"by {actor}"))
+            session.add(AuditEvent(actor=actor, action="hold" if hold else "release", target=case.case_id))
+        return True
+
+    def purge(
+        self, older_than: timedelta, actor: str, csam_minimum: timedelta = timedelta(days=365)
+    ) -> list[str]:
+        """Delete closed cases not on hold and untouched for `older_than`, raw bytes included. A CSAM case
+        is kept at least `csam_minimum` from its creation whatever `older_than` says."""
+        now = _now()
+        with Session(self.engine) as session, session.begin():
+            doomed = list(
+                session.exec(
+                    select(Case).where(
+                        Case.status == "closed",
+                        Case.hold.is_(False),
+                        Case.updated_at < now - older_than,
+                        or_(Case.csam.is_(False), Case.created_at < now - csam_minimum),
+                    )
+                )
+            )
+            case_pks = [c.id for c in doomed]
+            if not case_pks:
+                return []
+            message_pks = list(session.exec(select(Message.id).where(Message.case_pk.in_(case_pks))))
+            inbox_ids = list(session.exec(select(Message.inbox_id).where(Message.case_pk.in_(case_pks))))
+            sha256s = list(session.exec(select(Message.sha256).where(Message.case_pk.in_(case_pks))))
+            from sqlalchemy import delete
+
+            session.execute(delete(AttachmentRow).where(AttachmentRow.message_pk.in_(message_pks)))
+            session.execute(delete(OutboxRow).where(OutboxRow.case_pk.in_(case_pks)))
+            session.execute(delete(Message).where(Message.case_pk.in_(case_pks)))
+            # Redelivered copies (state duplicate) carry the same bytes; they go with the case.
+            session.execute(
+                delete(InboxEntry).where(
+                    or_(
+                        InboxEntry.id.in_(inbox_ids),
+                        and_(InboxEntry.state == "duplicate", InboxEntry.sha256.in_(sha256s)),
+                    )
+                )
+            )
+            session.execute(delete(IndicatorRow).where(IndicatorRow.case_pk.in_(case_pks)))
+            session.execute(delete(CaseEvent).where(CaseEvent.case_pk.in_(case_pks)))
+            session.execute(delete(Case).where(Case.id.in_(case_pks)))
+            removed = [c.case_id for c in doomed]
+            session.add(AuditEvent(actor=actor, action="purge", target=",".join(removed)[:10_000]))
+        return removed
+
+    def audit(self, actor: str, action: str, target: str) -> None:
+        with Session(self.engine) as session, session.begin():
+            session.add(AuditEvent(actor=actor, action=action, target=target))
+
+    def list_audit(self, limit: int = 1000) -> list[dict[str, Any]]:
+        with Session(self.engine) as session:
+            rows = session.exec(select(AuditEvent).order_by(AuditEvent.id.desc()).limit(limit))
+            return [
+                {"at": _iso(r.at), "actor": r.actor, "action": r.action, "target": r.target} for r in rows
             ]
 
     def case_exists(self, case_id: str) -> bool:
