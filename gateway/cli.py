@@ -6,12 +6,13 @@ Exit codes: 0 done, 1 not found, 2 bad usage or configuration, 75 (EX_TEMPFAIL) 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import mailbox
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,18 @@ config_option = click.option(
 def _remember_config(ctx: click.Context, config_path: str | None) -> None:
     if config_path:
         ctx.ensure_object(dict)["config_path"] = config_path
+
+
+def with_config(command: Callable[..., Any]) -> Callable[..., Any]:
+    """`--config F` after the subcommand as well as before it (`abuse-gateway cases list --config F`)."""
+
+    @config_option
+    @functools.wraps(command)
+    def wrapper(*args: Any, config_path: str | None = None, **kwargs: Any) -> Any:
+        _remember_config(click.get_current_context(), config_path)
+        return command(*args, **kwargs)
+
+    return wrapper
 
 
 @click.group()
@@ -191,6 +204,7 @@ def _print_json(value: Any) -> None:
 
 
 @cases.command("list")
+@with_config
 @click.option("--status", default=None, help="open or closed")
 @click.option("--indicator", default=None, help="URL, domain, IP or e-mail address (defanged is fine)")
 @click.option("--limit", default=100, show_default=True)
@@ -226,6 +240,7 @@ def _short_address(address: str | None) -> str:
 
 
 @cases.command("show")
+@with_config
 @click.argument("case_id")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
@@ -284,6 +299,7 @@ def _escape_value(value: Any) -> str:
 
 
 @cases.command("raw")
+@with_config
 @click.argument("case_id")
 @click.argument("index", type=int)
 @click.pass_context
@@ -300,6 +316,7 @@ def cases_raw(ctx: click.Context, case_id: str, index: int) -> None:
 
 
 @cases.command("export")
+@with_config
 @click.option("--since", default=None, help="ISO date or datetime: cases updated since then")
 @click.pass_context
 def cases_export(ctx: click.Context, since: str | None) -> None:
@@ -322,6 +339,7 @@ def cases_export(ctx: click.Context, since: str | None) -> None:
 
 
 @cases.command("close")
+@with_config
 @click.argument("case_id")
 @click.pass_context
 def cases_close(ctx: click.Context, case_id: str) -> None:
@@ -333,6 +351,7 @@ def cases_close(ctx: click.Context, case_id: str) -> None:
 
 
 @cases.command("reopen")
+@with_config
 @click.argument("case_id")
 @click.pass_context
 def cases_reopen(ctx: click.Context, case_id: str) -> None:
@@ -353,6 +372,7 @@ def _unix_user() -> str:
 
 
 @cases.command("hold")
+@with_config
 @click.argument("case_id")
 @click.pass_context
 def cases_hold(ctx: click.Context, case_id: str) -> None:
@@ -364,6 +384,7 @@ def cases_hold(ctx: click.Context, case_id: str) -> None:
 
 
 @cases.command("release")
+@with_config
 @click.argument("case_id")
 @click.pass_context
 def cases_release(ctx: click.Context, case_id: str) -> None:
@@ -375,6 +396,7 @@ def cases_release(ctx: click.Context, case_id: str) -> None:
 
 
 @main.command()
+@with_config
 @click.option(
     "--older-than", "days", type=click.IntRange(min=1), required=True, help="days since last update"
 )
@@ -395,6 +417,7 @@ def audit() -> None:
 
 
 @audit.command("list")
+@with_config
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def audit_list(ctx: click.Context, as_json: bool) -> None:
@@ -412,6 +435,7 @@ def outbox() -> None:
 
 
 @outbox.command("list")
+@with_config
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def outbox_list(ctx: click.Context, as_json: bool) -> None:
@@ -427,6 +451,7 @@ def outbox_list(ctx: click.Context, as_json: bool) -> None:
 
 
 @main.command()
+@with_config
 @click.option("--failed", "mode", flag_value="failed", help="only messages that failed processing")
 @click.option("--all", "mode", flag_value="all", help="every stored message")
 @click.argument("case_id", required=False)
@@ -459,6 +484,7 @@ def db() -> None:
 
 
 @db.command("upgrade")
+@with_config
 @click.pass_context
 def db_upgrade(ctx: click.Context) -> None:
     """Create or migrate the store to this release's schema."""

@@ -121,6 +121,16 @@ class ConfirmConfig(_Section):
         return None if not value else _hostport(value)
 
 
+class MetricsConfig(_Section):
+    # host:port for the Prometheus /metrics endpoint; off unless set (127.0.0.1:9325 is the usual choice).
+    listen: str | None = None
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str | None) -> str | None:
+        return None if not value else _hostport(value)
+
+
 class LogConfig(_Section):
     level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
 
@@ -131,6 +141,7 @@ class Config(_Section):
     store: StoreConfig = StoreConfig()
     confirm: ConfirmConfig = ConfirmConfig()
     log: LogConfig = LogConfig()
+    metrics: MetricsConfig = MetricsConfig()
     source: str | None = None  # the file it came from, for check-config
 
     def accepts_recipient(self, address: str) -> bool:
@@ -148,6 +159,7 @@ _SECTIONS: dict[str, type[_Section]] = {
     "store": StoreConfig,
     "confirm": ConfirmConfig,
     "log": LogConfig,
+    "metrics": MetricsConfig,
 }
 
 

@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
+from gateway import metrics
 from gateway.config import Config
 from gateway.threader import Threader
 from parsers.auto import classify
@@ -183,6 +184,7 @@ class IntakeWorker:
         parse: ParseFn = parse_message,
         batch: int = 64,
         on_committed: Callable[[Sequence[Committed]], None] | None = None,
+        on_failure: Callable[[], None] | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -190,6 +192,7 @@ class IntakeWorker:
         self.parse = parse
         self.batch = batch
         self.on_committed = on_committed
+        self.on_failure = on_failure
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -211,6 +214,7 @@ class IntakeWorker:
                 done = await asyncio.to_thread(self.process_once)
             except Exception as exc:  # the store is down: back off, the entries stay pending
                 log.warning("intake pass failed: error=%s", type(exc).__name__)
+                metrics.STORE_ERRORS.labels("intake").inc()
                 done = 0
                 await asyncio.sleep(1.0)
             if done == 0:
@@ -232,6 +236,8 @@ class IntakeWorker:
                 prepared.append(prepare(entry, self.parse))
             except Exception as exc:
                 error = type(exc).__name__
+                if self.on_failure is not None:
+                    self.on_failure()
                 if entry.attempts >= self.config.intake.max_attempts:
                     log.error(
                         "processing failed for good: inbox_id=%d attempts=%d error=%s",

@@ -34,3 +34,24 @@ def watchdog_interval() -> float | None:
         return int(usec) / 1_000_000
     except ValueError:
         return None
+
+
+SD_LISTEN_FDS_START = 3  # sd_listen_fds(3): inherited sockets start at fd 3
+
+
+def listen_fds() -> list[socket.socket]:
+    """Sockets systemd passed for socket activation (`abuse-gateway.socket`), or none.
+
+    Only when LISTEN_PID names this process: the variables are inherited by children that did not get the
+    descriptors. They are unset afterwards so a child we start never takes them for its own.
+    """
+    pid, count = os.environ.get("LISTEN_PID"), os.environ.get("LISTEN_FDS")
+    if not count or pid != str(os.getpid()):
+        return []
+    for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        os.environ.pop(name, None)
+    sockets = []
+    for fd in range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + int(count)):
+        os.set_inheritable(fd, False)
+        sockets.append(socket.socket(fileno=fd))
+    return sockets

@@ -11,13 +11,15 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Callable
+import ssl
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from sqlalchemy import Engine
 
-from gateway import sdnotify
-from gateway.config import Config
+from gateway import metrics, sdnotify
+from gateway.config import Config, ConfigError, load_config
 from gateway.confirm import ConfirmWorker
 from gateway.intake import IntakeWorker, ParseFn, default_parser
 from gateway.smtp import ConnectionLimits, GatewayHandler, start_listeners, tls_context
@@ -26,7 +28,7 @@ from parsers.case_ref import new_case_id
 from storage import schema
 from storage.engine import make_engine
 from storage.inbox import Inbox, Spool
-from storage.store import CaseStore
+from storage.store import CaseStore, Committed
 
 log = logging.getLogger("abuse_gateway.service")
 
@@ -93,7 +95,8 @@ class Service:
             self.threader,
             self.parse or default_parser(),
             # Commits happen in the worker thread; wake the confirmation sender in the loop, thread-safely.
-            on_committed=lambda _done: loop.call_soon_threadsafe(self._wake_confirmer),
+            on_committed=lambda done: self._committed(loop, done),
+            on_failure=metrics.PROCESSING_FAILED.inc,
         )
         self.inbox = Inbox(
             self.engine,
@@ -101,10 +104,11 @@ class Service:
             commit_budget=self.config.store.commit_budget,
             group_window=self.config.store.group_commit_ms / 1000,
             on_stored=lambda _ids: self.worker.wake(),
+            on_error=lambda operation: metrics.STORE_ERRORS.labels(operation).inc(),
         )
         self.inbox.start()
-        handler = GatewayHandler(self.config, self.inbox)
-        self.servers, self.limits = await start_listeners(self.config, handler, tls_context(self.config))
+        self.handler = GatewayHandler(self.config, self.inbox, tls=tls_context(self.config))
+        self.servers, self.limits = await start_listeners(self.config, self.handler, sdnotify.listen_fds())
         self.worker.start()
         self._tasks.append(
             asyncio.get_running_loop().create_task(self._replay_spool(), name="spool-replayer")
@@ -112,6 +116,9 @@ class Service:
         if self.config.confirm.enabled:
             self.confirmer = ConfirmWorker(self.config, self.store)
             self._tasks.append(asyncio.get_running_loop().create_task(self.confirmer.run(), name="confirm"))
+        if self.config.metrics.listen:
+            metrics.serve_metrics(self.config.metrics.listen)
+            self._tasks.append(loop.create_task(self._refresh_gauges(), name="metrics"))
         self._install_signals()
         log.info("serving: listen=%s store=%s", ",".join(self.config.smtp.listen), self.engine.dialect.name)
         sdnotify.notify("READY=1")
@@ -127,6 +134,84 @@ class Service:
     def stop(self) -> None:
         self._stop.set()
 
+    def reload(self) -> list[str]:
+        """SIGHUP: re-read the configuration and apply what can change safely in a running gateway: the TLS
+        certificate and key (re-read even when the paths are unchanged: that is how a renewal lands),
+        the accepted addresses, the confirmation caps, the log level. Returns (and logs) what changed."""
+        old = self.config
+        try:
+            new = load_config(old.source)
+            tls = tls_context(new)
+        except (ConfigError, OSError, ssl.SSLError) as exc:
+            log.error("reload refused, keeping the running configuration: %s", exc)
+            return []
+        changed = []
+        if tls is not None or self.handler.tls is not None:
+            changed.append("tls")
+        for name, before, after in (
+            ("intake.addresses", old.intake.addresses, new.intake.addresses),
+            (
+                "confirm caps",
+                (old.confirm.per_address_per_hour, old.confirm.per_domain_per_hour),
+                (new.confirm.per_address_per_hour, new.confirm.per_domain_per_hour),
+            ),
+            ("log.level", old.log.level, new.log.level),
+            (
+                "smtp limits",
+                (old.smtp.max_message_bytes, old.smtp.max_recipients, old.smtp.require_tls),
+                (new.smtp.max_message_bytes, new.smtp.max_recipients, new.smtp.require_tls),
+            ),
+        ):
+            if before != after:
+                changed.append(name)
+        for name, before, after in (
+            ("smtp.listen", old.smtp.listen, new.smtp.listen),
+            ("store.url", old.store.url, new.store.url),
+            ("store.spool_dir", old.store.spool_dir, new.store.spool_dir),
+        ):
+            if before != after:
+                log.warning("reload: %s changed; it takes effect on restart", name)
+        self.config = new
+        self.handler.config, self.handler.tls = new, tls
+        self.worker.config = new
+        self.threader.prefix = new.intake.case_prefix
+        if new.confirm.enabled:
+            from gateway.confirm import confirm_policy
+
+            self.threader.confirm_policy = confirm_policy(new)
+        if self.confirmer is not None:
+            self.confirmer.config = new
+        logging.getLogger().setLevel(new.log.level)
+        log.info("reloaded: changed=%s", ",".join(changed) or "nothing")
+        return changed
+
+    def _committed(self, loop: asyncio.AbstractEventLoop, done: Sequence[Committed]) -> None:
+        """Runs in the intake worker's thread after each batch commit."""
+        now = datetime.now(UTC)
+        for item in done:
+            if item.duplicate:
+                continue
+            if item.opened:
+                metrics.CASES_OPENED.labels(item.kind).inc()
+            else:
+                metrics.MESSAGES_THREADED.labels(item.signal).inc()
+            if item.received_at is not None:
+                metrics.PROCESSING_LATENCY.observe((now - item.received_at).total_seconds())
+        loop.call_soon_threadsafe(self._wake_confirmer)
+
+    async def _refresh_gauges(self, every: float = 5.0) -> None:
+        while True:
+            try:
+                depth, oldest = await asyncio.to_thread(self.store.inbox_stats)
+                metrics.INBOX_DEPTH.set(depth)
+                metrics.INBOX_AGE.set((datetime.now(UTC) - oldest).total_seconds() if oldest else 0)
+                for state, count in (await asyncio.to_thread(self.store.outbox_counts)).items():
+                    metrics.CONFIRMATIONS.labels(state).set(count)
+                metrics.SPOOL_DEPTH.set(await asyncio.to_thread(self.spool.depth))
+            except Exception:
+                metrics.STORE_ERRORS.labels("metrics").inc()
+            await asyncio.sleep(every)
+
     def _wake_confirmer(self) -> None:
         if self.confirmer is not None:
             self.confirmer.wake()
@@ -136,6 +221,7 @@ class Service:
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(signal.SIGTERM, self.stop)
             loop.add_signal_handler(signal.SIGINT, self.stop)
+            loop.add_signal_handler(signal.SIGHUP, self.reload)
 
     async def shutdown(self, grace: float = 30.0) -> None:
         """Stop accepting, let sessions finish their DATA (bounded), flush the inbox, stop the workers."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import ssl
 import time
 from collections import Counter
@@ -19,6 +20,7 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from gateway import metrics
 from gateway.config import Config
 from storage.errors import TransientError
 from storage.inbox import Envelope as InboxEnvelope
@@ -71,6 +73,7 @@ class ConnectionLimits:
         self.total += 1
         self.per_ip[ip] += 1
         self.idle.clear()
+        metrics.SESSIONS.set(self.total)
         return True
 
     def release(self, ip: str) -> None:
@@ -78,6 +81,7 @@ class ConnectionLimits:
         self.per_ip[ip] -= 1
         if self.per_ip[ip] <= 0:
             del self.per_ip[ip]
+        metrics.SESSIONS.set(self.total)
         if self.total <= 0:
             self.idle.set()
 
@@ -110,6 +114,7 @@ class GatewaySMTP(SMTP):
             ip = str(peer[0]) if peer else "?"
             if not self._limits.admit(ip):
                 log.warning("refused: reason=too_many_connections client=%s", ip)
+                metrics.REFUSED.labels("too_many_connections").inc()
                 transport.write(TOO_MANY_CONNECTIONS.encode() + b"\r\n")  # type: ignore[attr-defined]
                 transport.close()
                 return
@@ -148,6 +153,7 @@ class GatewaySMTP(SMTP):
         raw = status.encode("utf-8") if isinstance(status, str) else status
         if raw in _AIOSMTPD_TOO_BIG:
             log.info("refused: reason=too_big client=%s", self._admitted_ip)
+            metrics.REFUSED.labels("too_big").inc()
             raw = TOO_BIG.encode()
         await super().push(raw)
 
@@ -155,8 +161,15 @@ class GatewaySMTP(SMTP):
 class GatewayHandler:
     """The aiosmtpd handler: RCPT policy and raw-first DATA. Holds no per-session state."""
 
-    def __init__(self, config: Config, inbox: Inbox, on_accepted: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        inbox: Inbox,
+        on_accepted: Callable[[], None] | None = None,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         self.config = config
+        self.tls = tls
         self.inbox = inbox
         self.on_accepted = on_accepted
 
@@ -165,9 +178,11 @@ class GatewayHandler:
     ) -> str:
         if not self.config.accepts_recipient(address):
             log.info("refused: reason=unknown_recipient client=%s", _ip(session))
+            metrics.REFUSED.labels("unknown_recipient").inc()
             return UNKNOWN_RECIPIENT
         if len(envelope.rcpt_tos) >= self.config.smtp.max_recipients:
             log.info("refused: reason=too_many_recipients client=%s", _ip(session))
+            metrics.REFUSED.labels("too_many_recipients").inc()
             return TOO_MANY_RECIPIENTS
         envelope.rcpt_tos.append(address)  # a hook that handles RCPT must record it itself
         envelope.rcpt_options.extend(rcpt_options)
@@ -183,6 +198,7 @@ class GatewayHandler:
             )
         except TransientError:
             log.error("refused: reason=store_unavailable client=%s size=%d", _ip(session), len(raw))
+            metrics.REFUSED.labels("store_unavailable").inc()
             return TRY_LATER
         log.info(
             "accepted: inbox_id=%s uid=%s size=%d spooled=%s commit_ms=%.1f client=%s",
@@ -193,6 +209,7 @@ class GatewayHandler:
             (time.monotonic() - started) * 1000,
             _ip(session),
         )
+        metrics.ACCEPTED.labels("spool" if result.spooled else "store").inc()
         if self.on_accepted is not None:
             self.on_accepted()
         return OK.format(uid=result.uid)
@@ -218,10 +235,12 @@ def tls_context(config: Config) -> ssl.SSLContext | None:
     return context
 
 
-def protocol_factory(
-    config: Config, handler: GatewayHandler, limits: ConnectionLimits, tls: ssl.SSLContext | None = None
-) -> Callable[[], GatewaySMTP]:
+def protocol_factory(handler: GatewayHandler, limits: ConnectionLimits) -> Callable[[], GatewaySMTP]:
+    """Each session is built from the handler's settings *now*, so a reload (SIGHUP) reaches new sessions
+    while the ones in progress finish with what they started with."""
+
     def make() -> GatewaySMTP:
+        config, tls = handler.config, handler.tls
         return GatewaySMTP(
             handler,
             limits=limits,
@@ -240,15 +259,18 @@ def protocol_factory(
 
 
 async def start_listeners(
-    config: Config, handler: GatewayHandler, tls: ssl.SSLContext | None = None
+    config: Config, handler: GatewayHandler, sockets: list[socket.socket] | None = None
 ) -> tuple[list[asyncio.Server], ConnectionLimits]:
-    """Bind every `listen` address in the running loop (no aiosmtpd Controller: one loop, no thread)."""
+    """Bind every `listen` address in the running loop (no aiosmtpd Controller: one loop, no thread), or
+    serve the sockets systemd handed over (socket activation)."""
     logging.getLogger("mail.log").setLevel(logging.WARNING)  # its INFO lines cost ~25 % of throughput
     limits = ConnectionLimits(config.smtp.max_sessions, config.smtp.max_sessions_per_ip)
-    factory = protocol_factory(config, handler, limits, tls)
+    factory = protocol_factory(handler, limits)
     loop = asyncio.get_running_loop()
     servers = []
-    for address in config.smtp.listen:
+    for inherited in sockets or []:
+        servers.append(await loop.create_server(factory, sock=inherited))
+    for address in [] if sockets else config.smtp.listen:
         host, _, port = address.rpartition(":")
         servers.append(await loop.create_server(factory, host.strip("[]") or None, int(port)))
     return servers, limits

@@ -24,6 +24,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -193,6 +194,7 @@ class Inbox:
         group_window: float = 0.002,
         max_group: int = 256,
         on_stored: Callable[[Iterable[int]], None] | None = None,
+        on_error: Callable[[str], None] | None = None,
     ) -> None:
         self.engine = engine
         self.spool = spool
@@ -200,9 +202,18 @@ class Inbox:
         self.group_window = group_window
         self.max_group = max_group
         self.on_stored = on_stored
+        self.on_error = on_error
         self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
         self._store_lock = threading.Lock()
+        # Threads of its own, not the loop's default executor (issue 7): `wait_for` abandons a commit stuck
+        # in the database (a table lock, a hung server) but cannot stop its thread. On the shared executor
+        # each new group then parked one more thread behind `_store_lock` until the executor was full, and
+        # the spool writes meant to answer those clients queued behind them: sessions got no reply at all
+        # for as long as the store hung. One commit thread (a group queued behind a stuck one is cancelled
+        # unstarted when its budget ends), and spool writes that never wait for the database.
+        self._commit_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inbox-commit")
+        self._spool_executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="inbox-spool")
 
     def start(self) -> None:
         if self._writer is None:
@@ -249,7 +260,10 @@ class Inbox:
         rows = [_row(p.uid, p.raw, p.envelope, p.received_at, p.sha256) for p in group]
         started = time.monotonic()
         try:
-            ids = await asyncio.wait_for(asyncio.to_thread(self._commit_with_retry, rows), self.commit_budget)
+            commit = asyncio.get_running_loop().run_in_executor(
+                self._commit_executor, self._commit_with_retry, rows
+            )
+            ids = await asyncio.wait_for(commit, self.commit_budget)
         except (TimeoutError, SQLAlchemyError, OSError) as exc:
             log.warning(
                 "inbox commit failed: group=%d error=%s budget=%.1fs; spooling",
@@ -257,6 +271,8 @@ class Inbox:
                 type(exc).__name__,
                 self.commit_budget,
             )
+            if self.on_error is not None:
+                self.on_error("inbox_commit")
             await self._spool_group(group)
             return
         log.debug("inbox commit: group=%d ms=%.1f", len(group), (time.monotonic() - started) * 1000)
@@ -279,7 +295,9 @@ class Inbox:
     async def _spool_group(self, group: list[_Pending]) -> None:
         for item in group:
             try:
-                await asyncio.to_thread(self.spool.write, item.uid, item.raw, item.envelope, item.received_at)
+                await asyncio.get_running_loop().run_in_executor(
+                    self._spool_executor, self.spool.write, item.uid, item.raw, item.envelope, item.received_at
+                )
             except OSError as exc:
                 log.error("spool write failed: uid=%s error=%s; answering 451", item.uid, type(exc).__name__)
                 if not item.future.done():

@@ -133,6 +133,7 @@ class Committed:
     kind: str
     signal: str
     duplicate: bool = False
+    received_at: datetime | None = None
 
 
 class _SessionLookup:
@@ -315,6 +316,23 @@ class CaseStore:
                 .values(last_error=error[:500], claimed_until=None, claimed_by=None)
             )
 
+    def inbox_stats(self) -> tuple[int, datetime | None]:
+        """How many entries wait, and since when the oldest has."""
+        with Session(self.engine) as session:
+            depth, oldest = session.exec(
+                select(func.count(InboxEntry.id), func.min(InboxEntry.received_at)).where(
+                    InboxEntry.state == "pending"
+                )
+            ).one()
+            return int(depth), _aware(oldest)
+
+    def outbox_counts(self) -> dict[str, int]:
+        with Session(self.engine) as session:
+            rows = session.exec(
+                select(OutboxRow.state, func.count(OutboxRow.id)).group_by(OutboxRow.state)
+            ).all()
+            return {state: int(n) for state, n in rows}
+
     def inbox_depth(self) -> int:
         with Session(self.engine) as session:
             return int(
@@ -422,7 +440,9 @@ class CaseStore:
             )
         state = "failed" if "processing_failed" in item.flags else "done"
         self._mark_done(session, entry.inbox_id, state)
-        return Committed(entry.inbox_id, case.case_id, index, opened, kind, decision.signal)
+        return Committed(
+            entry.inbox_id, case.case_id, index, opened, kind, decision.signal, received_at=entry.received_at
+        )
 
     def _open_case(self, session: Session, item: PreparedMessage, now: datetime) -> Case:
         reporter = item.parsed.from_addr or item.entry.mail_from or None
