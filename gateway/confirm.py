@@ -94,6 +94,8 @@ def _suppression(item: PreparedMessage, sender: str) -> str | None:
     parsed = item.parsed
     if "processing_failed" in item.flags:
         return "unparsed"
+    if "untrusted_gateway_headers" in item.flags:
+        return "untrusted_gateway_headers"
     if not sender or sender == "<>":
         return "null_sender"
     if sender.partition("@")[0].lower() in _SYSTEM_LOCALPARTS:

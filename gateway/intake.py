@@ -9,9 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+import queue
+import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 
 from gateway import metrics
 from gateway.config import Config
@@ -173,6 +178,44 @@ def failed(entry: ClaimedEntry, error: str) -> PreparedMessage:
     )
 
 
+class ProcessingTimeout(Exception):
+    """Preparing one message took longer than `intake.processing_timeout`."""
+
+
+class _Preparer:
+    """Runs `prepare` on one daemon thread with a deadline. A call that overruns is abandoned with its
+    thread (Python cannot kill a thread; a daemon one at least cannot hold up shutdown) and a fresh
+    thread takes over, so one hanging message never stalls the messages behind it (issue 7)."""
+
+    def __init__(self) -> None:
+        self._start()
+
+    def _start(self) -> None:
+        self._jobs: queue.SimpleQueue[tuple[Callable[[], PreparedMessage], Future[PreparedMessage]]]
+        self._jobs = queue.SimpleQueue()
+        threading.Thread(target=self._loop, args=(self._jobs,), name="prepare", daemon=True).start()
+
+    @staticmethod
+    def _loop(jobs: queue.SimpleQueue[tuple[Callable[[], PreparedMessage], Future[PreparedMessage]]]) -> None:
+        while True:
+            job, future = jobs.get()
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(job())
+            except BaseException as exc:
+                future.set_exception(exc)
+
+    def run(self, job: Callable[[], PreparedMessage], timeout: float) -> PreparedMessage:
+        future: Future[PreparedMessage] = Future()
+        self._jobs.put((job, future))
+        try:
+            return future.result(timeout)
+        except FutureTimeout:
+            self._start()  # the stuck thread keeps its old queue and is forgotten
+            raise ProcessingTimeout(f"over {timeout:.0f}s") from None
+
+
 class IntakeWorker:
     """Claims inbox entries and processes them in a thread, so the event loop keeps serving SMTP."""
 
@@ -195,6 +238,7 @@ class IntakeWorker:
         self.on_failure = on_failure
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._preparer = _Preparer()
 
     def wake(self) -> None:
         self._wake.set()
@@ -233,7 +277,11 @@ class IntakeWorker:
         for entry in entries:
             started = time.monotonic()
             try:
-                prepared.append(prepare(entry, self.parse))
+                prepared.append(
+                    self._preparer.run(
+                        functools.partial(prepare, entry, self.parse), self.config.intake.processing_timeout
+                    )
+                )
             except Exception as exc:
                 error = type(exc).__name__
                 if self.on_failure is not None:
