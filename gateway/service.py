@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import ssl
 from collections.abc import Callable, Sequence
@@ -86,6 +87,9 @@ class Service:
 
     async def run(self) -> None:
         await asyncio.to_thread(check_store, self.engine)
+        released = await asyncio.to_thread(self.store.release_dead_claims, _pid_alive)
+        if released:
+            log.warning("released claims of dead processes on this host: rows=%d", released)
         self.threader = build_threader(self.config)
         loop = asyncio.get_running_loop()
         self.confirmer: ConfirmWorker | None = None
@@ -266,6 +270,16 @@ class Service:
                 log.warning("watchdog: store unhealthy, withholding WATCHDOG=1")
                 continue
             sdnotify.notify("WATCHDOG=1")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
 
 
 def run_service(config: Config) -> None:

@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import Engine, insert, select
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_random_exponential
 
 from storage.errors import TransientError
@@ -70,13 +70,25 @@ def new_uid() -> str:
     return f"{time.time_ns():020d}-{uuid.uuid4().hex[:12]}"
 
 
+def _storable(value: str) -> str:
+    """Envelope text as both stores can hold it. aiosmtpd decodes command arguments with surrogateescape,
+    so `MAIL FROM:<\xff@x>` arrives with a lone surrogate that no UTF-8 database driver can encode (it
+    raised UnicodeEncodeError, which killed the inbox writer: every later client hung), and PostgreSQL text
+    refuses NUL. Bytes that are not UTF-8, and NUL, are kept visibly as backslash escapes."""
+    try:
+        data = value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        data = value.encode("utf-8", "backslashreplace")
+    return data.decode("utf-8", "backslashreplace").replace("\x00", "\\x00")
+
+
 def _row(uid: str, raw: bytes, envelope: Envelope, received_at: datetime, sha256: str) -> dict[str, object]:
     return {
         "intake_uid": uid,
         "received_at": received_at,
-        "mail_from": envelope.mail_from,
-        "rcpt_tos": list(envelope.rcpt_tos),
-        "client_addr": envelope.client_addr,
+        "mail_from": _storable(envelope.mail_from),
+        "rcpt_tos": [_storable(r) for r in envelope.rcpt_tos],
+        "client_addr": _storable(envelope.client_addr) if envelope.client_addr is not None else None,
         "size": len(raw),
         "sha256": sha256,
         "raw": raw,
@@ -165,14 +177,50 @@ class Spool:
         paths = self.entries()
         for start in range(0, len(paths), batch):
             chunk = paths[start : start + batch]
-            rows = []
+            rows, readable = [], []
             for path in chunk:
-                uid, raw, envelope, received_at = self.read(path)
+                try:
+                    uid, raw, envelope, received_at = self.read(path)
+                except (OSError, ValueError, KeyError) as exc:
+                    # A damaged file must not block every replay pass: set it aside, keep its bytes.
+                    log.error(
+                        "spool file unreadable: file=%s error=%s; renamed .corrupt",
+                        path.name,
+                        type(exc).__name__,
+                    )
+                    path.rename(path.with_suffix(".corrupt"))
+                    continue
+                readable.append(path)
                 rows.append(_row(uid, raw, envelope, received_at, _sha256(raw)))
-            commit_rows(engine, rows)
+            chunk = readable
+            if not rows:
+                continue
+            try:
+                commit_rows(engine, rows)
+            except (DataError, IntegrityError):  # the store is up but refuses a row (not an outage)
+                if len(chunk) == 1:
+                    raise
+                # One file the store refuses must not hold the others hostage: one at a time, keep
+                # whatever still fails in the spool (logged by uid) and move the rest.
+                moved += self._replay_one_by_one(engine, chunk, rows)
+                continue
             for path in chunk:
                 path.unlink(missing_ok=True)
             moved += len(chunk)
+        return moved
+
+    @staticmethod
+    def _replay_one_by_one(engine: Engine, chunk: list[Path], rows: list[dict[str, object]]) -> int:
+        moved = 0
+        for path, row in zip(chunk, rows, strict=True):
+            try:
+                commit_rows(engine, [row])
+            except SQLAlchemyError as exc:
+                uid, error = row["intake_uid"], type(exc).__name__
+                log.error("spool replay: uid=%s refused by the store: error=%s", uid, error)
+                continue
+            path.unlink(missing_ok=True)
+            moved += 1
         return moved
 
 
@@ -252,7 +300,15 @@ class Inbox:
                     closing = True
                     break
                 group.append(item)
-            await self._flush(group)
+            try:
+                await self._flush(group)
+            except Exception as exc:  # never let the writer die: every later append would hang forever
+                log.error(
+                    "inbox writer error: group=%d error=%s; answering 451", len(group), type(exc).__name__
+                )
+                for item in group:
+                    if not item.future.done():
+                        item.future.set_exception(TransientError("inbox writer error"))
             if closing:
                 return
 
@@ -295,9 +351,8 @@ class Inbox:
     async def _spool_group(self, group: list[_Pending]) -> None:
         for item in group:
             try:
-                await asyncio.get_running_loop().run_in_executor(
-                    self._spool_executor, self.spool.write, item.uid, item.raw, item.envelope, item.received_at
-                )
+                write = (self.spool.write, item.uid, item.raw, item.envelope, item.received_at)
+                await asyncio.get_running_loop().run_in_executor(self._spool_executor, *write)
             except OSError as exc:
                 log.error("spool write failed: uid=%s error=%s; answering 451", item.uid, type(exc).__name__)
                 if not item.future.done():

@@ -307,6 +307,30 @@ class CaseStore:
             ClaimedEntry(r[0], r[1], r[2], tuple(r[3] or ()), _aware(r[4]) or now, r[5], r[6]) for r in rows
         ]
 
+    def release_dead_claims(self, is_alive: Callable[[int], bool]) -> int:
+        """At start: hand back claims held by processes of this host that no longer run (a SIGKILL, an OOM
+        kill), instead of waiting for their leases to run out. Claims of other hosts are left to expire."""
+        host = f"{socket.gethostname()}:"
+        released = 0
+        with Session(self.engine) as session, session.begin():
+            for table in (InboxEntry, OutboxRow):
+                holders = session.exec(
+                    select(table.claimed_by)
+                    .where(table.claimed_by.like(f"{host}%"), table.claimed_until.is_not(None))
+                    .distinct()
+                ).all()
+                for holder in holders:
+                    pid = holder.split(":")[1] if holder.count(":") >= 2 else ""
+                    if holder == self.worker_id or not pid.isdigit() or is_alive(int(pid)):
+                        continue
+                    result = session.execute(
+                        update(table)
+                        .where(table.claimed_by == holder)
+                        .values(claimed_until=None, claimed_by=None)
+                    )
+                    released += int(result.rowcount or 0)
+        return released
+
     def release_failed(self, inbox_id: int, error: str) -> None:
         """Processing raised: note why and let the entry be claimed again."""
         with Session(self.engine) as session, session.begin():
