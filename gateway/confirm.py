@@ -149,15 +149,19 @@ def confirm_policy(config: Config) -> object:
 
 # ---- the mail --------------------------------------------------------------------------------------------
 
+# Lines stay under 78 characters (RFC 5322 §2.1.1) so the mail goes out as plain 7bit text.
 _CONFIRMATION_BODY = """\
 Hello,
 
 we received your report and opened case {case_id}.
 
-What happens next: the abuse team reviews every report. You will hear from us if we need anything else.
+What happens next: the abuse team reviews every report. You will hear from
+us if we need anything else.
 
-To add information (a missing password, another sample, a correction), reply to this message and keep
-{case_id} in the subject, or write to {reply_to}. Everything you send joins the same case.
+To add information (a missing password, another sample, a correction),
+reply to this message and keep {case_id} in the subject,
+or write to {reply_to}
+Everything you send joins the same case.
 
 This is an automatic message; please do not reply only to say thank you.
 """
@@ -167,7 +171,8 @@ Hello,
 
 your message was added to case {case_id}.
 
-To add more, reply to this message and keep {case_id} in the subject, or write to {reply_to}.
+To add more, reply to this message and keep {case_id} in the subject,
+or write to {reply_to}
 
 This is an automatic message.
 """
