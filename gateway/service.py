@@ -262,13 +262,22 @@ class Service:
             await asyncio.sleep(2.0)
 
     async def _watchdog(self, interval: float) -> None:
+        """WATCHDOG=1 at half of WatchdogSec while the gateway can keep its promise: the loop runs (this
+        coroutine is scheduled), the inbox writer lives, and mail can be made durable — the store answers,
+        or, during a store outage, the spool is writable. A store outage alone must not get the service
+        killed: that would take the port down exactly when spooling is what keeps mail flowing."""
         while True:
             await asyncio.sleep(interval / 2)
+            if not self.inbox.alive():
+                log.error("watchdog: inbox writer stopped, withholding WATCHDOG=1")
+                continue
             try:
                 await asyncio.wait_for(asyncio.to_thread(self.store.inbox_depth), interval / 4)
             except Exception:
-                log.warning("watchdog: store unhealthy, withholding WATCHDOG=1")
-                continue
+                if not await asyncio.to_thread(self.spool.writable):
+                    log.error("watchdog: store and spool both unavailable, withholding WATCHDOG=1")
+                    continue
+                log.warning("watchdog: store unreachable, spooling")
             sdnotify.notify("WATCHDOG=1")
 
 

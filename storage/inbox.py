@@ -163,6 +163,13 @@ class Spool:
     def depth(self) -> int:
         return len(self.entries())
 
+    def writable(self) -> bool:
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            return False
+        return os.access(self.directory, os.W_OK)
+
     @staticmethod
     def read(path: Path) -> tuple[str, bytes, Envelope, datetime]:
         data = path.read_bytes()
@@ -274,6 +281,9 @@ class Inbox:
         await self._queue.put(None)
         await self._writer
         self._writer = None
+
+    def alive(self) -> bool:
+        return self._writer is not None and not self._writer.done()
 
     def pending(self) -> int:
         return self._queue.qsize()
