@@ -134,9 +134,9 @@ NEVER_CONFIRMED = [
 
 @pytest.mark.parametrize(("sender", "headers", "reason"), NEVER_CONFIRMED)
 def test_no_confirmation_is_sent_to(
-    gateway_factory, sqlite_url: str, smtp_sink: Sink, sender: str, headers: tuple[str, ...], reason: str
+    gateway_factory, store_url: str, smtp_sink: Sink, sender: str, headers: tuple[str, ...], reason: str
 ) -> None:
-    gateway = gateway_factory(sqlite_url, confirm={"smarthost": smtp_sink.address})
+    gateway = gateway_factory(store_url, confirm={"smarthost": smtp_sink.address})
     assert gateway.send(_with_headers(REPORT, *headers), mail_from=sender)[0] == 250
     gateway.wait_idle()
     [case] = gateway.store.list_cases()  # the report itself is always stored
@@ -147,8 +147,8 @@ def test_no_confirmation_is_sent_to(
     assert smtp_sink.handler.received == []
 
 
-def test_machine_reports_get_no_confirmation(gateway_factory, sqlite_url: str, smtp_sink: Sink) -> None:
-    gateway = gateway_factory(sqlite_url, confirm={"smarthost": smtp_sink.address})
+def test_machine_reports_get_no_confirmation(gateway_factory, store_url: str, smtp_sink: Sink) -> None:
+    gateway = gateway_factory(store_url, confirm={"smarthost": smtp_sink.address})
     gateway.send(load_eml("arf_mailbox_provider.eml"), mail_from="fbl@provider.example")
     gateway.wait_idle()
     [row] = gateway.store.list_outbox()
@@ -169,9 +169,9 @@ def test_a_reply_to_our_own_confirmation_message_id_is_not_confirmed(
 
 
 def test_per_address_cap_suppresses_confirmations_but_stores_every_report(
-    gateway_factory, sqlite_url: str, smtp_sink: Sink
+    gateway_factory, store_url: str, smtp_sink: Sink
 ) -> None:
-    gateway = gateway_factory(sqlite_url, confirm={"smarthost": smtp_sink.address, "per_address_per_hour": 2})
+    gateway = gateway_factory(store_url, confirm={"smarthost": smtp_sink.address, "per_address_per_hour": 2})
     for n in range(4):
         gateway.send(_with_headers(REPORT, subject=f"report {n}"), mail_from="flood@example.net")
         gateway.wait_idle()
@@ -185,8 +185,8 @@ def test_per_address_cap_suppresses_confirmations_but_stores_every_report(
     ]
 
 
-def test_per_domain_cap_suppresses_confirmations(gateway_factory, sqlite_url: str, smtp_sink: Sink) -> None:
-    gateway = gateway_factory(sqlite_url, confirm={"smarthost": smtp_sink.address, "per_domain_per_hour": 1})
+def test_per_domain_cap_suppresses_confirmations(gateway_factory, store_url: str, smtp_sink: Sink) -> None:
+    gateway = gateway_factory(store_url, confirm={"smarthost": smtp_sink.address, "per_domain_per_hour": 1})
     gateway.send(_with_headers(REPORT, subject="a"), mail_from="one@forged.example")
     gateway.send(_with_headers(REPORT, subject="b"), mail_from="two@forged.example")
     gateway.wait_idle()
@@ -204,9 +204,9 @@ def test_amendment_gets_a_short_acknowledgement(confirming: RunningGateway, smtp
     assert ack["Auto-Submitted"] == "auto-replied"
 
 
-def test_smarthost_451_then_250_delivers_on_retry(gateway_factory, sqlite_url: str, smtp_sink: Sink) -> None:
+def test_smarthost_451_then_250_delivers_on_retry(gateway_factory, store_url: str, smtp_sink: Sink) -> None:
     smtp_sink.handler.replies = ["451 4.3.0 try again later"]
-    gateway = gateway_factory(sqlite_url, confirm={"smarthost": smtp_sink.address})
+    gateway = gateway_factory(store_url, confirm={"smarthost": smtp_sink.address})
     gateway.send(REPORT)
     smtp_sink.wait_for(1)
     gateway.wait_outbox(lambda rows: rows and rows[0]["state"] == "sent")
@@ -214,10 +214,10 @@ def test_smarthost_451_then_250_delivers_on_retry(gateway_factory, sqlite_url: s
 
 
 def test_smarthost_deferring_leaves_the_row_retrying_with_its_reply(
-    gateway_factory, sqlite_url: str, smtp_sink: Sink
+    gateway_factory, store_url: str, smtp_sink: Sink
 ) -> None:
     smtp_sink.handler.replies = ["451 4.3.0 greylisted"] * 3
-    gateway = gateway_factory(sqlite_url, confirm={"smarthost": smtp_sink.address})
+    gateway = gateway_factory(store_url, confirm={"smarthost": smtp_sink.address})
     gateway.send(REPORT)
     [row] = gateway.wait_outbox(lambda rows: rows and rows[0]["state"] == "retrying")
     assert row["last_error"].startswith("451") and "greylisted" in row["last_error"]
@@ -225,22 +225,22 @@ def test_smarthost_deferring_leaves_the_row_retrying_with_its_reply(
 
 
 def test_smarthost_550_leaves_the_row_failed_with_the_reply(
-    gateway_factory, sqlite_url: str, smtp_sink: Sink
+    gateway_factory, store_url: str, smtp_sink: Sink
 ) -> None:
     smtp_sink.handler.replies = ["550 5.7.1 relaying denied"]
-    gateway = gateway_factory(sqlite_url, confirm={"smarthost": smtp_sink.address})
+    gateway = gateway_factory(store_url, confirm={"smarthost": smtp_sink.address})
     gateway.send(REPORT)
     [row] = gateway.wait_outbox(lambda rows: rows and rows[0]["state"] == "failed")
     assert row["last_error"] == "550 5.7.1 relaying denied"
     assert smtp_sink.handler.received == []
 
 
-def test_restart_resends_nothing_already_sent(gateway_factory, sqlite_url: str, smtp_sink: Sink) -> None:
-    first = gateway_factory(sqlite_url, confirm={"smarthost": smtp_sink.address})
+def test_restart_resends_nothing_already_sent(gateway_factory, store_url: str, smtp_sink: Sink) -> None:
+    first = gateway_factory(store_url, confirm={"smarthost": smtp_sink.address})
     first.send(REPORT)
     first.wait_outbox(lambda rows: rows and rows[0]["state"] == "sent")
     first.stop()
-    second = gateway_factory(sqlite_url, confirm={"smarthost": smtp_sink.address})
+    second = gateway_factory(store_url, confirm={"smarthost": smtp_sink.address})
     second.send(_with_headers(REPORT, subject="a second report"))
     second.wait_outbox(lambda rows: len(rows) == 2 and all(r["state"] == "sent" for r in rows))
     assert len(smtp_sink.handler.received) == 2
@@ -275,23 +275,23 @@ def test_a_claim_left_by_a_killed_worker_expires_and_is_sent_once(
     assert len(smtp_sink.handler.received) == 1
 
 
-def test_disabled_confirmations_queue_nothing(gateway_factory, sqlite_url: str) -> None:
-    gateway = gateway_factory(sqlite_url, confirm={"enabled": False})
+def test_disabled_confirmations_queue_nothing(gateway_factory, store_url: str) -> None:
+    gateway = gateway_factory(store_url, confirm={"enabled": False})
     gateway.send(REPORT)
     gateway.wait_idle()
     assert gateway.store.list_cases() and gateway.store.list_outbox() == []
 
 
-def test_without_smarthost_the_confirmation_is_written_as_eml(gateway_factory, sqlite_url: str) -> None:
-    gateway = gateway_factory(sqlite_url)
+def test_without_smarthost_the_confirmation_is_written_as_eml(gateway_factory, store_url: str) -> None:
+    gateway = gateway_factory(store_url)
     gateway.send(REPORT)
     gateway.wait_outbox(lambda rows: rows and rows[0]["state"] == "sent")
     [eml] = list(Path(gateway.service.config.confirm.outbox_dir).glob("*.eml"))
     assert b"We received your report" in eml.read_bytes()
 
 
-def test_reply_token_key_is_created_private_on_first_start(gateway_factory, sqlite_url: str) -> None:
-    gateway = gateway_factory(sqlite_url)
+def test_reply_token_key_is_created_private_on_first_start(gateway_factory, store_url: str) -> None:
+    gateway = gateway_factory(store_url)
     key = Path(gateway.service.config.confirm.secret_file)
     assert stat.S_IMODE(os.stat(key).st_mode) == 0o600
     assert len(key.read_bytes().strip()) >= 32

@@ -123,8 +123,8 @@ def test_plus_tagged_address_is_accepted(gateway: RunningGateway) -> None:
     assert code == 250
 
 
-def test_too_many_recipients_get_452(gateway_factory, sqlite_url: str) -> None:
-    gateway = gateway_factory(sqlite_url, smtp={"max_recipients": 2})
+def test_too_many_recipients_get_452(gateway_factory, store_url: str) -> None:
+    gateway = gateway_factory(store_url, smtp={"max_recipients": 2})
     with smtplib.SMTP("127.0.0.1", gateway.port, timeout=10) as client:
         client.ehlo("client.test")
         client.mail("reporter@example.net")
@@ -134,8 +134,8 @@ def test_too_many_recipients_get_452(gateway_factory, sqlite_url: str) -> None:
     assert (code, reply[:5]) == (452, b"4.5.3")
 
 
-def test_oversized_message_is_refused_with_552(gateway_factory, sqlite_url: str) -> None:
-    gateway = gateway_factory(sqlite_url, smtp={"max_message_bytes": 10_000})
+def test_oversized_message_is_refused_with_552(gateway_factory, store_url: str) -> None:
+    gateway = gateway_factory(store_url, smtp={"max_message_bytes": 10_000})
     with smtplib.SMTP("127.0.0.1", gateway.port, timeout=10) as client:
         client.ehlo("client.test")
         assert client.has_extn("size") and client.esmtp_features["size"] == "10000"
@@ -174,11 +174,11 @@ def test_eight_bit_and_utf8_envelope_are_accepted(gateway: RunningGateway) -> No
     assert gateway.store.raw_message(case["case_id"], 1) == raw
 
 
-def test_parser_that_raises_still_yields_a_stored_case(gateway_factory, sqlite_url: str) -> None:
+def test_parser_that_raises_still_yields_a_stored_case(gateway_factory, store_url: str) -> None:
     def broken_parser(raw: bytes):
         raise RuntimeError("parser bug")
 
-    gateway = gateway_factory(sqlite_url, parse=broken_parser)
+    gateway = gateway_factory(store_url, parse=broken_parser)
     raw = load_eml("report_phishing.eml")
     assert gateway.send(raw)[0] == 250
     gateway.wait_idle(timeout=30)

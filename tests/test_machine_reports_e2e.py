@@ -50,8 +50,8 @@ def test_machine_reports_about_one_source_group_into_one_case(gateway: RunningGa
     assert ["grouped" in m["flags"] for m in grouped["messages"]] == [False, True, True]
 
 
-def test_grouping_window_zero_opens_a_case_per_report(gateway_factory, sqlite_url: str) -> None:
-    gateway = gateway_factory(sqlite_url, intake={"machine_report_group_window": 0})
+def test_grouping_window_zero_opens_a_case_per_report(gateway_factory, store_url: str) -> None:
+    gateway = gateway_factory(store_url, intake={"machine_report_group_window": 0})
     raw = load_eml("arf_mailbox_provider.eml")
     gateway.send(_fresh(raw), mail_from="fbl@mailprovider.example")
     gateway.send(_fresh(raw), mail_from="fbl@mailprovider.example")

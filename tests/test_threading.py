@@ -159,9 +159,9 @@ def test_a_message_to_a_closed_case_reopens_it_and_says_which(opened) -> None:
 
 
 def test_bounce_of_a_confirmation_threads_as_automatic_and_marks_it_bounced(
-    gateway_factory, sqlite_url: str, smtp_sink: Sink
+    gateway_factory, store_url: str, smtp_sink: Sink
 ) -> None:
-    gateway = gateway_factory(sqlite_url, confirm={"smarthost": smtp_sink.address})
+    gateway = gateway_factory(store_url, confirm={"smarthost": smtp_sink.address})
     gateway.send(REPORT)
     [(_, _, confirmation)] = smtp_sink.wait_for(1)
     gateway.wait_outbox(lambda rows: rows and rows[0]["state"] == "sent")
