@@ -23,6 +23,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from gateway.config import Config, ConfigError, effective_settings, load_config, warnings_for
 
 EX_OK, EX_NOTFOUND, EX_USAGE, EX_TEMPFAIL = 0, 1, 2, 75
+# A backlog import commits this many messages per transaction (one fsync each), then processes them.
+INGEST_CHUNK = 256
 
 
 def _setup_logging(level: str) -> None:
@@ -162,20 +164,28 @@ def ingest(
         store = None
     sources = _iter_sources(paths) if paths else iter([("-", sys.stdin.buffer.read())])
     outcomes: list[tuple[str, int | str]] = []
-    try:
-        for _name, raw in sources:
-            if store is None:
-                outcomes.append(("spooled", spool_now(spool, raw, envelope).uid))
-                continue
-            result = store_now(store.engine, spool, raw, envelope, config.store.commit_budget)
-            if result.inbox_id is None:
-                outcomes.append(("spooled", result.uid))
-            else:
-                outcomes.append(("inbox", result.inbox_id))
-            if worker is not None and len(outcomes) % 256 == 0:
-                worker.drain()
+
+    def flush(raws: list[bytes]) -> None:
+        if not raws:
+            return
+        if store is None:
+            outcomes.extend(("spooled", spool_now(spool, raw, envelope).uid) for raw in raws)
+            return
+        for result in store_now(store.engine, spool, raws, envelope, config.store.commit_budget):
+            outcomes.append(
+                ("spooled", result.uid) if result.inbox_id is None else ("inbox", result.inbox_id)
+            )
         if worker is not None:
             worker.drain()
+        raws.clear()
+
+    try:
+        chunk: list[bytes] = []
+        for _name, raw in sources:
+            chunk.append(raw)
+            if len(chunk) >= INGEST_CHUNK:
+                flush(chunk)
+        flush(chunk)
     except (TransientError, OSError) as exc:
         click.echo(f"abuse-gateway: store and spool unavailable: {type(exc).__name__}", err=True)
         ctx.exit(EX_TEMPFAIL)

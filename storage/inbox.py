@@ -379,10 +379,13 @@ def spool_now(spool: Spool, raw: bytes, envelope: Envelope) -> AppendResult:
     return AppendResult(uid, None, spooled=True)
 
 
-def store_now(engine: Engine, spool: Spool, raw: bytes, envelope: Envelope, budget: float) -> AppendResult:
-    """The synchronous twin of `Inbox.append`, for `ingest`: store, else spool, else TransientError."""
-    uid, received_at = new_uid(), datetime.now(UTC)
-    row = _row(uid, raw, envelope, received_at, _sha256(raw))
+def store_now(
+    engine: Engine, spool: Spool, raws: list[bytes], envelope: Envelope, budget: float
+) -> list[AppendResult]:
+    """The synchronous twin of `Inbox.append`, for `ingest`: a batch in one transaction (one fsync for a
+    whole backlog chunk), else each message to the spool, else TransientError."""
+    received_at = datetime.now(UTC)
+    rows = [_row(new_uid(), raw, envelope, received_at, _sha256(raw)) for raw in raws]
     retrying = Retrying(
         retry=retry_if_exception_type(SQLAlchemyError),
         stop=stop_after_delay(budget),
@@ -390,12 +393,16 @@ def store_now(engine: Engine, spool: Spool, raw: bytes, envelope: Envelope, budg
         reraise=True,
     )
     try:
-        ids = retrying(commit_rows, engine, [row])
-        return AppendResult(uid, ids[uid], spooled=False)
+        ids = retrying(commit_rows, engine, rows)
+        return [AppendResult(str(r["intake_uid"]), ids[str(r["intake_uid"])], spooled=False) for r in rows]
     except SQLAlchemyError as exc:
         log.warning("ingest commit failed: error=%s; spooling", type(exc).__name__)
-    try:
-        spool.write(uid, raw, envelope, received_at)
-    except OSError as exc:
-        raise TransientError("store and spool both unavailable") from exc
-    return AppendResult(uid, None, spooled=True)
+    results = []
+    for row, raw in zip(rows, raws, strict=True):
+        uid = str(row["intake_uid"])
+        try:
+            spool.write(uid, raw, envelope, received_at)
+        except OSError as exc:
+            raise TransientError("store and spool both unavailable") from exc
+        results.append(AppendResult(uid, None, spooled=True))
+    return results

@@ -87,7 +87,7 @@ class Message(SQLModel, table=True):
     message_id: str | None = Field(default=None, index=True)
     in_reply_to: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     references: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
-    sha256: str = Field(max_length=64)
+    sha256: str = Field(max_length=64, index=True)  # redelivery check for mail without a Message-ID
     thread_signal: str = Field(default="none", max_length=16)
     thread_ref: str | None = None
     text: str = ""
@@ -135,7 +135,7 @@ class OutboxRow(SQLModel, table=True):
     case_pk: int = Field(foreign_key="cases.id", index=True)
     message_pk: int | None = Field(default=None, foreign_key="messages.id")
     kind: str = Field(default="confirmation", max_length=16)  # confirmation | acknowledgement
-    recipient: str = ""
+    recipient: str = Field(default="", index=True)  # the per-address confirmation cap counts by it
     # queued | sending | sent | retrying | failed | suppressed | bounced
     state: str = Field(default="queued", max_length=16, index=True)
     suppressed_reason: str | None = None

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import Engine, and_, func, or_, update
+from sqlalchemy import Engine, and_, func, insert, or_, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
@@ -235,6 +235,10 @@ def _scalar(row: Any) -> Any:
     return row
 
 
+_INSERT_MESSAGE = insert(Message.__table__).returning(Message.__table__.c.id)
+_INSERT_CASE = insert(Case.__table__).returning(Case.__table__.c.id)
+
+
 def _confirm_flags(decision: ThreadDecision) -> list[str]:
     if decision.confirm is not None and decision.confirm.suppressed_reason:
         return [f"confirmation_suppressed:{decision.confirm.suppressed_reason}"]
@@ -366,129 +370,167 @@ class CaseStore:
     def commit_processed(self, prepared: Sequence[PreparedMessage], resolve: Resolver) -> list[Committed]:
         """Store a batch of processed messages in one transaction (threading decided inside it)."""
         results: list[Committed] = []
+        finished: dict[str, list[int]] = {}
         with Session(self.engine, expire_on_commit=False) as session, session.begin():
             lookup = _SessionLookup(session)
+            # Processed before (a crash after commit, a second worker): idempotent, one query per batch.
+            prior = {
+                row[0]: row[1:]
+                for row in session.exec(
+                    select(Message.inbox_id, Case.case_id, Message.index, Message.kind, Message.thread_signal)
+                    .join(Case, Message.case_pk == Case.id)
+                    .where(Message.inbox_id.in_([p.entry.inbox_id for p in prepared]))
+                ).all()
+            }
             for item in prepared:
-                results.append(self._store_one(session, lookup, item, resolve(item, lookup)))
+                inbox_id = item.entry.inbox_id
+                if inbox_id in prior:
+                    case_id, index, kind, signal = prior[inbox_id]
+                    results.append(Committed(inbox_id, case_id, index, False, kind, signal))
+                    finished.setdefault("done", []).append(inbox_id)
+                    continue
+                committed, state = self._store_one(session, item, resolve(item, lookup))
+                results.append(committed)
+                finished.setdefault(state, []).append(inbox_id)
+            now = _now()
+            for state, inbox_ids in finished.items():
+                session.execute(
+                    update(InboxEntry)
+                    .where(InboxEntry.id.in_(inbox_ids))
+                    .values(state=state, processed_at=now, claimed_until=None, last_error=None)
+                )
         return results
 
     def _store_one(
-        self, session: Session, lookup: _SessionLookup, item: PreparedMessage, decision: ThreadDecision
-    ) -> Committed:
-        entry = item.entry
-        already = session.exec(
-            select(Case.case_id, Message.index, Message.kind, Message.thread_signal)
-            .join(Case, Message.case_pk == Case.id)
-            .where(Message.inbox_id == entry.inbox_id)
-        ).first()
-        if already is not None:  # processed before (a crash after commit, a second worker): idempotent
-            self._mark_done(session, entry.inbox_id, "done")
-            return Committed(entry.inbox_id, already[0], already[1], False, already[2], already[3])
+        self, session: Session, item: PreparedMessage, decision: ThreadDecision
+    ) -> tuple[Committed, str]:
+        """Write one message (and its case, when it opens one); returns what happened and the inbox state.
 
+        Core statements on the tables, not ORM objects: this runs for every message on intake, and the
+        unit of work (identity map, a flush per object) cost more than the parsing.
+        """
+        entry = item.entry
         if decision.duplicate and decision.case_id is not None:
-            self._mark_done(session, entry.inbox_id, "duplicate")
-            return Committed(entry.inbox_id, decision.case_id, 0, False, item.kind, decision.signal, True)
+            duplicate = Committed(
+                entry.inbox_id, decision.case_id, 0, False, item.kind, decision.signal, True
+            )
+            return duplicate, "duplicate"
         now = _now()
-        case: Case | None = None
+        cases = Case.__table__
+        existing = None
         if decision.case_id is not None:
-            case = session.exec(select(Case).where(Case.case_id == decision.case_id)).first()
-        opened = case is None
-        if case is None:
-            case = self._open_case(session, item, now)
-        kind = item.kind
-        if not opened and kind == "report":
-            kind = "amendment"
-        if not opened and case.status == "closed":
-            case.status = "open"
-            session.add(
-                CaseEvent(case_pk=case.id, kind="reopened", detail=f"by inbox entry {entry.inbox_id}")
+            existing = session.execute(
+                select(cases.c.id, cases.c.status).where(cases.c.case_id == decision.case_id)
+            ).first()
+        opened = existing is None
+        if existing is None:
+            case_id = self.new_case_id()
+            case_pk = self._open_case(session, item, case_id, now)
+            index, kind = 1, item.kind
+        else:
+            case_id, (case_pk, status) = str(decision.case_id), existing
+            kind = "amendment" if item.kind == "report" else item.kind
+            values: dict[str, Any] = {"updated_at": now}
+            if status == "closed":
+                values["status"] = "open"
+                session.execute(
+                    insert(CaseEvent.__table__).values(
+                        case_pk=case_pk, at=now, kind="reopened", detail=f"by inbox entry {entry.inbox_id}"
+                    )
+                )
+            if item.csam:
+                values["csam"] = True
+            session.execute(update(cases).where(cases.c.id == case_pk).values(**values))
+            messages = Message.__table__
+            index = 1 + int(
+                session.execute(
+                    select(func.coalesce(func.max(messages.c.index), 0)).where(messages.c.case_pk == case_pk)
+                ).scalar_one()
             )
-        case.updated_at = now
-        case.csam = case.csam or item.csam
-        session.add(case)
-        index = (
-            int(
-                session.exec(
-                    select(func.coalesce(func.max(Message.index), 0)).where(Message.case_pk == case.id)
-                ).one()
-            )
-            + 1
-        )
         parsed = item.parsed
-        message = Message(
-            case_pk=case.id,
-            index=index,
-            inbox_id=entry.inbox_id,
-            kind=kind,
-            kind_rule=item.kind_rule,
-            envelope_sender=entry.mail_from,
-            from_addr=parsed.from_addr,
-            subject=parsed.subject,
-            escaped_subject=item.escaped_subject,
-            received_at=entry.received_at,
-            message_id=parsed.message_id,
-            in_reply_to=list(parsed.in_reply_to),
-            references=list(parsed.references),
-            sha256=entry.sha256,
-            thread_signal=decision.signal,
-            thread_ref=decision.ref,
-            text=parsed.text,
-            escaped_text=item.escaped_text,
-            defects=list(item.defects),
-            flags=list(dict.fromkeys([*item.flags, *decision.flags, *_confirm_flags(decision)])),
-            report=item.report,
-            evidence=list(item.evidence) or None,
-        )
-        session.add(message)
-        session.flush()
-        self._add_attachments(session, message.id, parsed.attachments, item.escaped_filenames)
-        self._add_indicators(session, case.id, item.indicators)
+        # Values go as execution parameters, not .values(): the compiled statement is then cached instead
+        # of rebuilt (bind objects, cache key) for every message.
+        message_pk = session.execute(
+            _INSERT_MESSAGE,
+            dict(
+                case_pk=case_pk,
+                index=index,
+                inbox_id=entry.inbox_id,
+                kind=kind,
+                kind_rule=item.kind_rule,
+                envelope_sender=entry.mail_from,
+                from_addr=parsed.from_addr,
+                subject=parsed.subject,
+                escaped_subject=item.escaped_subject,
+                received_at=entry.received_at,
+                message_id=parsed.message_id,
+                in_reply_to=list(parsed.in_reply_to),
+                references=list(parsed.references),
+                sha256=entry.sha256,
+                thread_signal=decision.signal,
+                thread_ref=decision.ref,
+                text=parsed.text,
+                escaped_text=item.escaped_text,
+                defects=list(item.defects),
+                flags=list(dict.fromkeys([*item.flags, *decision.flags, *_confirm_flags(decision)])),
+                report=item.report,
+                evidence=list(item.evidence) or None,
+            ),
+        ).scalar_one()
+        self._add_attachments(session, message_pk, parsed.attachments, item.escaped_filenames)
+        self._add_indicators(session, case_pk, item.indicators, new_case=opened)
         if decision.confirm is not None:
-            session.add(
-                OutboxRow(
-                    case_pk=case.id,
-                    message_pk=message.id,
+            suppressed = decision.confirm.suppressed_reason
+            session.execute(
+                insert(OutboxRow.__table__),
+                dict(
+                    case_pk=case_pk,
+                    message_pk=message_pk,
                     kind=decision.confirm.kind,
                     recipient=decision.confirm.recipient.lower(),
-                    state="suppressed" if decision.confirm.suppressed_reason else "queued",
-                    suppressed_reason=decision.confirm.suppressed_reason,
-                    next_attempt_at=None if decision.confirm.suppressed_reason else now,
+                    state="suppressed" if suppressed else "queued",
+                    suppressed_reason=suppressed,
+                    attempts=0,
+                    created_at=now,
+                    next_attempt_at=None if suppressed else now,
                     message_id=decision.confirm.message_id,
-                )
+                ),
             )
         if decision.bounced:
             session.execute(
-                update(OutboxRow)
-                .where(OutboxRow.message_id.in_(list(decision.bounced)))
-                .values(state="bounced", last_error=f"bounce received: case {case.case_id} message {index}")
+                update(OutboxRow.__table__)
+                .where(OutboxRow.__table__.c.message_id.in_(list(decision.bounced)))
+                .values(state="bounced", last_error=f"bounce received: case {case_id} message {index}")
             )
         state = "failed" if "processing_failed" in item.flags else "done"
-        self._mark_done(session, entry.inbox_id, state)
-        return Committed(
-            entry.inbox_id, case.case_id, index, opened, kind, decision.signal, received_at=entry.received_at
+        committed = Committed(
+            entry.inbox_id, case_id, index, opened, kind, decision.signal, received_at=entry.received_at
         )
+        return committed, state
 
-    def _open_case(self, session: Session, item: PreparedMessage, now: datetime) -> Case:
+    @staticmethod
+    def _open_case(session: Session, item: PreparedMessage, case_id: str, now: datetime) -> int:
+        """Insert the case and return its key. The ID is random (35 bits): a collision is rare enough that
+        the unique constraint is the check; if it fires, the batch is retried entry by entry, minting anew."""
         reporter = item.parsed.from_addr or item.entry.mail_from or None
-        for _ in range(5):  # a collision of 35 random bits is rare; retry rather than fail the batch
-            case_id = self.new_case_id()
-            exists = session.exec(select(Case.id).where(Case.case_id == case_id)).first()
-            if exists is None:
-                break
-        case = Case(
-            case_id=case_id,
-            status="open",
-            reporter=reporter.lower() if reporter else None,
-            subject=item.parsed.subject,
-            escaped_subject=item.escaped_subject,
-            kind=item.kind,
-            group_key=item.group_key,
-            created_at=now,
-            updated_at=now,
+        return int(
+            session.execute(
+                _INSERT_CASE,
+                dict(
+                    case_id=case_id,
+                    status="open",
+                    reporter=reporter.lower() if reporter else None,
+                    subject=item.parsed.subject,
+                    escaped_subject=item.escaped_subject,
+                    kind=item.kind,
+                    group_key=item.group_key,
+                    hold=False,
+                    csam=item.csam,
+                    created_at=now,
+                    updated_at=now,
+                ),
+            ).scalar_one()
         )
-        session.add(case)
-        session.flush()
-        return case
 
     @staticmethod
     def _add_attachments(
@@ -497,36 +539,51 @@ class CaseStore:
         attachments: Sequence[Attachment],
         escaped: Sequence[str | None],
     ) -> None:
-        for position, attachment in enumerate(attachments):
-            session.add(
-                AttachmentRow(
-                    message_pk=message_pk,
-                    filename=attachment.filename,
-                    escaped_filename=escaped[position] if position < len(escaped) else attachment.filename,
-                    content_type=attachment.content_type,
-                    size=attachment.size,
-                    sha256=attachment.sha256,
-                )
-            )
+        if not attachments:
+            return
+        session.execute(
+            insert(AttachmentRow.__table__),
+            [
+                {
+                    "message_pk": message_pk,
+                    "filename": attachment.filename,
+                    "escaped_filename": escaped[position] if position < len(escaped) else attachment.filename,
+                    "content_type": attachment.content_type,
+                    "size": attachment.size,
+                    "sha256": attachment.sha256,
+                }
+                for position, attachment in enumerate(attachments)
+            ],
+        )
 
     @staticmethod
     def _add_indicators(
-        session: Session, case_pk: int | None, indicators: Sequence[tuple[Indicator, str | None]]
+        session: Session,
+        case_pk: int | None,
+        indicators: Sequence[tuple[Indicator, str | None]],
+        new_case: bool = False,
     ) -> None:
+        """Once per case: a new case has none yet, so only an existing one is asked what it knows."""
         if not indicators:
             return
-        known = {
-            (k, v)
-            for k, v in session.exec(
-                select(IndicatorRow.kind, IndicatorRow.value).where(IndicatorRow.case_pk == case_pk)
-            ).all()
-        }
+        known: set[tuple[str, str]] = set()
+        if not new_case:
+            known = {
+                (k, v)
+                for k, v in session.exec(
+                    select(IndicatorRow.kind, IndicatorRow.value).where(IndicatorRow.case_pk == case_pk)
+                ).all()
+            }
+        rows = []
         for indicator, host in indicators:
             key = (indicator.kind, indicator.value)
-            if key in known:
-                continue
-            known.add(key)
-            session.add(IndicatorRow(case_pk=case_pk, kind=indicator.kind, value=indicator.value, host=host))
+            if key not in known:
+                known.add(key)
+                rows.append(
+                    {"case_pk": case_pk, "kind": indicator.kind, "value": indicator.value, "host": host}
+                )
+        if rows:
+            session.execute(insert(IndicatorRow.__table__), rows)
 
     @staticmethod
     def _mark_done(session: Session, inbox_id: int, state: str) -> None:
