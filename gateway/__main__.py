@@ -2,4 +2,6 @@
 
 from gateway.cli import main
 
-main()
+# Guarded: the intake process is spawned, and spawn re-imports __main__ under another name.
+if __name__ == "__main__":
+    main()

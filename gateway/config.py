@@ -12,7 +12,7 @@ import json
 import os
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -65,6 +65,9 @@ class IntakeConfig(_Section):
     # A message that fails processing this many times is stored as `processing_failed` (Mailman's shunt).
     max_attempts: int = Field(default=3, gt=0)
     processing_timeout: float = Field(default=30.0, gt=0)
+    # "process": parsing and the case transaction run in a child process, off the SMTP loop's GIL.
+    # "thread": in the listener's process (one process to debug; what the in-process tests use).
+    mode: Literal["process", "thread"] = "process"
     # Machine reports about the same source and category within this many seconds join one open case
     # (AbuseIO's incident → ticket model); 0 opens a case per report. People's reports never merge.
     machine_report_group_window: float = Field(default=86_400.0, ge=0)

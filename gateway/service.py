@@ -23,6 +23,7 @@ from gateway import metrics, sdnotify
 from gateway.config import Config, ConfigError, load_config
 from gateway.confirm import ConfirmWorker
 from gateway.intake import IntakeWorker, ParseFn, default_parser
+from gateway.intake_process import IntakeProcess
 from gateway.smtp import ConnectionLimits, GatewayHandler, start_listeners, tls_context
 from gateway.threader import Threader
 from parsers.case_ref import new_case_id
@@ -87,12 +88,16 @@ class Service:
 
     async def run(self) -> None:
         await asyncio.to_thread(check_store, self.engine)
-        released = await asyncio.to_thread(self.store.release_dead_claims, _pid_alive)
-        if released:
-            log.warning("released claims of dead processes on this host: rows=%d", released)
+        await asyncio.to_thread(release_dead_claims, self.store)
         self.threader = build_threader(self.config)
         loop = asyncio.get_running_loop()
         self.confirmer: ConfirmWorker | None = None
+        # A parser hook (tests) cannot cross into a spawned process, so it implies the thread mode.
+        self.intake_process: IntakeProcess | None = None
+        if self.config.intake.mode == "process" and self.parse is None:
+            self.intake_process = IntakeProcess(
+                self.config, lambda done: self._committed(loop, done), self.config.log.level
+            )
         self.worker = IntakeWorker(
             self.config,
             self.store,
@@ -107,13 +112,16 @@ class Service:
             self.spool,
             commit_budget=self.config.store.commit_budget,
             group_window=self.config.store.group_commit_ms / 1000,
-            on_stored=lambda _ids: self.worker.wake(),
+            on_stored=lambda _ids: self._wake_intake(),
             on_error=lambda operation: metrics.STORE_ERRORS.labels(operation).inc(),
         )
         self.inbox.start()
         self.handler = GatewayHandler(self.config, self.inbox, tls=tls_context(self.config))
         self.servers, self.limits = await start_listeners(self.config, self.handler, sdnotify.listen_fds())
-        self.worker.start()
+        if self.intake_process is not None:
+            self.intake_process.start()
+        else:
+            self.worker.start()
         self._tasks.append(
             asyncio.get_running_loop().create_task(self._replay_spool(), name="spool-replayer")
         )
@@ -178,6 +186,8 @@ class Service:
         self.config = new
         self.handler.config, self.handler.tls = new, tls
         self.worker.config = new
+        if self.intake_process is not None:
+            self.intake_process.reload()
         self.threader.prefix = new.intake.case_prefix
         if new.confirm.enabled:
             from gateway.confirm import confirm_policy
@@ -216,6 +226,12 @@ class Service:
                 metrics.STORE_ERRORS.labels("metrics").inc()
             await asyncio.sleep(every)
 
+    def _wake_intake(self) -> None:
+        if self.intake_process is not None:
+            self.intake_process.wake()
+        else:
+            self.worker.wake()
+
     def _wake_confirmer(self) -> None:
         if self.confirmer is not None:
             self.confirmer.wake()
@@ -235,9 +251,12 @@ class Service:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._sessions_done(), grace)
         await self.inbox.close()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(asyncio.to_thread(self.worker.drain), grace)
-        await self.worker.stop()
+        if self.intake_process is not None:
+            await self.intake_process.stop(grace)
+        else:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.to_thread(self.worker.drain), grace)
+            await self.worker.stop()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -256,7 +275,7 @@ class Service:
                 try:
                     moved = await asyncio.to_thread(self.spool.replay, self.engine)
                     log.info("spool replayed: messages=%d", moved)
-                    self.worker.wake()
+                    self._wake_intake()
                 except Exception as exc:
                     log.warning("spool replay failed: error=%s", type(exc).__name__)
             await asyncio.sleep(2.0)
@@ -279,6 +298,13 @@ class Service:
                     continue
                 log.warning("watchdog: store unreachable, spooling")
             sdnotify.notify("WATCHDOG=1")
+
+
+def release_dead_claims(store: CaseStore) -> int:
+    released = store.release_dead_claims(_pid_alive)
+    if released:
+        log.warning("released claims of dead processes on this host: rows=%d", released)
+    return released
 
 
 def _pid_alive(pid: int) -> bool:

@@ -63,7 +63,9 @@ def sqlite_url(tmp_path: Path) -> str:
 def make_config(tmp_path: Path, store_url: str, **sections: dict[str, Any]) -> Config:
     base: dict[str, dict[str, Any]] = {
         "smtp": {"listen": ["127.0.0.1:0"], "hostname": "mx.test.example"},
-        "intake": {"addresses": ["abuse@example.org"]},
+        # In-process gateways keep intake in a thread (parser hooks cannot cross into a spawned process);
+        # the tests that run `serve` as a subprocess exercise the default process mode.
+        "intake": {"addresses": ["abuse@example.org"], "mode": "thread"},
         "store": {"url": store_url, "spool_dir": str(tmp_path / "spool"), "group_commit_ms": 1},
         "confirm": {
             "from": "abuse@example.org",

@@ -1,0 +1,186 @@
+"""The intake worker in a process of its own (`[intake] mode = "process"`, the default for `serve`).
+
+Why: parsing, escaping and the case transaction are CPU work, and in the listener's process they compete
+with the SMTP event loop for the GIL; the benchmark's profile showed 250 replies waiting behind them. In a
+child process they run on the other core. The parent wakes the child when the inbox has new entries (a
+multiprocessing Event: a semaphore post, never blocking the loop); the child reports each committed batch
+back over a queue (case opened, thread signal, received time) so the parent's metrics and confirmation
+worker see what happened. A child that dies is started again; the inbox lease design means nothing it had
+claimed is lost, and on restart its claims are released (its pid is gone).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import os
+import queue
+import signal
+import threading
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from multiprocessing.synchronize import Event as ProcessEvent
+from typing import Any
+
+from gateway.config import Config
+from storage.store import Committed
+
+log = logging.getLogger("abuse_gateway.intake_process")
+
+_CONTEXT = multiprocessing.get_context("spawn")  # no fork of a process holding threads, sockets, a loop
+Summary = tuple[int, str, int, bool, str, str, bool, datetime | None]
+
+
+def _child(config: Config, wake: ProcessEvent, stop: ProcessEvent, results: Any, level: str) -> None:
+    """The child's whole life: claim, process, report; until told to stop and the inbox is drained."""
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop (Ctrl-C, SIGTERM)
+    from gateway.intake import IntakeWorker
+    from gateway.service import build_store, build_threader, release_dead_claims
+
+    store = build_store(config)
+    release_dead_claims(store)
+
+    def report(done: Sequence[Committed]) -> None:
+        results.put(
+            [
+                (
+                    c.inbox_id,
+                    c.case_id,
+                    c.message_index,
+                    c.opened,
+                    c.kind,
+                    c.signal,
+                    c.duplicate,
+                    c.received_at,
+                )
+                for c in done
+            ]
+        )
+
+    worker = IntakeWorker(config, store, build_threader(config), on_committed=report)
+    reload_requested = threading.Event()
+    signal.signal(signal.SIGHUP, lambda *_: reload_requested.set())
+    while True:
+        if reload_requested.is_set():  # the parent forwards SIGHUP: caps and addresses live here too
+            reload_requested.clear()
+            worker = _reloaded(config, store, worker, report)
+        try:
+            handled = worker.process_once()
+        except Exception as exc:  # the store is down: back off; entries stay pending
+            log.warning("intake pass failed: error=%s", type(exc).__name__)
+            handled = 0
+            stop.wait(1.0)
+        if handled:
+            continue
+        if stop.is_set():
+            break
+        if wake.wait(1.0):
+            wake.clear()
+    store.engine.dispose()
+
+
+def _reloaded(config: Config, store: Any, worker: Any, report: Any) -> Any:
+    from gateway.config import load_config
+    from gateway.intake import IntakeWorker
+    from gateway.service import build_threader
+
+    try:
+        fresh = load_config(config.source)
+    except Exception as exc:
+        log.error("intake reload refused: %s", exc)
+        return worker
+    log.info("intake process reloaded its configuration")
+    return IntakeWorker(fresh, store, build_threader(fresh), on_committed=report)
+
+
+class IntakeProcess:
+    """The parent's handle on the child: start, wake, restart on death, stop with a drain."""
+
+    def __init__(
+        self, config: Config, on_committed: Callable[[Sequence[Committed]], None], level: str = "INFO"
+    ) -> None:
+        self.config = config
+        self.on_committed = on_committed
+        self.level = level
+        self._wake = _CONTEXT.Event()
+        self._stop = _CONTEXT.Event()
+        self._results: Any = _CONTEXT.Queue()
+        self._process: Any = None
+        self._reader: threading.Thread | None = None
+        self._monitor: asyncio.Task[None] | None = None
+        self._closing = False
+
+    def start(self) -> None:
+        self._spawn()
+        self._reader = threading.Thread(target=self._read_results, name="intake-results", daemon=True)
+        self._reader.start()
+        self._monitor = asyncio.get_running_loop().create_task(self._watch(), name="intake-monitor")
+
+    def _spawn(self) -> None:
+        self._process = _CONTEXT.Process(
+            target=_child,
+            args=(self.config, self._wake, self._stop, self._results, self.level),
+            name="abuse-gateway-intake",
+            daemon=True,
+        )
+        self._process.start()
+        log.info("intake process started: pid=%s", self._process.pid)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def reload(self) -> None:
+        if self.alive():
+            os.kill(self._process.pid, signal.SIGHUP)
+
+    def alive(self) -> bool:
+        return self._process is not None and self._process.is_alive()
+
+    def _read_results(self) -> None:
+        while True:
+            try:
+                batch = self._results.get(timeout=1.0)
+            except queue.Empty:
+                if self._closing:
+                    return
+                continue
+            except (EOFError, OSError):
+                return
+            self.on_committed([Committed(*item) for item in batch])
+
+    async def _watch(self) -> None:
+        backoff = 1.0
+        while not self._closing:
+            await asyncio.sleep(1.0)
+            if self._closing or self.alive():
+                backoff = 1.0
+                continue
+            log.error(
+                "intake process died: exitcode=%s; restarting in %.0fs", self._process.exitcode, backoff
+            )
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 60.0)
+            if not self._closing:
+                self._spawn()
+
+    async def stop(self, grace: float = 30.0) -> None:
+        """Let the child drain the inbox and exit; past `grace`, terminate it (its work stays pending)."""
+        self._closing = True
+        if self._monitor is not None:
+            self._monitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._monitor
+        self._stop.set()
+        self._wake.set()
+        if self._process is not None:
+            await asyncio.to_thread(self._process.join, grace)
+            if self._process.is_alive():
+                log.warning("intake process did not drain in %.0fs; terminating", grace)
+                self._process.terminate()
+                await asyncio.to_thread(self._process.join, 5)
+        if self._reader is not None:
+            await asyncio.to_thread(self._reader.join, 5)
