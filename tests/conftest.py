@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import smtplib
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -34,6 +35,60 @@ PG_URL = os.environ.get("ABUSE_GATEWAY_TEST_PG")
 
 def load_eml(name: str) -> bytes:
     return (DATA / name).read_bytes()
+
+
+@pytest.fixture
+def cli_config(tmp_path: Path, store_url: str) -> Path:
+    """A config file for CLI tests (confirmations off, everything under tmp_path), store upgraded."""
+    from click.testing import CliRunner
+
+    from gateway.cli import main
+
+    path = tmp_path / "gateway.toml"
+    path.write_text(
+        f'[store]\nurl = "{store_url}"\nspool_dir = "{tmp_path}/spool"\n'
+        f'[confirm]\nenabled = false\noutbox_dir = "{tmp_path}/outbox"\nsecret_file = "{tmp_path}/key"\n'
+    )
+    assert CliRunner().invoke(main, ["--config", str(path), "db", "upgrade"]).exit_code == 0
+    return path
+
+
+def run_cli(config: Path, *args: str, input: bytes | None = None) -> str:
+    """The real CLI in-process (click's runner); fails the test on a non-zero exit."""
+    from click.testing import CliRunner
+
+    from gateway.cli import main
+
+    result = CliRunner().invoke(main, ["--config", str(config), *args], input=input)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def self_signed_pair(directory: Path, name: str) -> tuple[Path, Path]:
+    """A throwaway certificate and key (CN=name) for STARTTLS tests, made with the openssl CLI."""
+    cert, key = directory / f"{name}.crt", directory / f"{name}.key"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            f"/CN={name}",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return cert, key
 
 
 def reset_postgres(url: str) -> None:

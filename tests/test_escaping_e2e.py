@@ -12,34 +12,18 @@ from click.testing import CliRunner
 
 from gateway.cli import main
 from tests.conftest import CORPUS, load_eml
+from tests.conftest import run_cli as run
 
 LIVE_LINK = re.compile(r"https?://", re.IGNORECASE)
 
 
-@pytest.fixture
-def config(tmp_path: Path, store_url: str) -> Path:
-    path = tmp_path / "gateway.toml"
-    path.write_text(
-        f'[store]\nurl = "{store_url}"\nspool_dir = "{tmp_path}/spool"\n'
-        f'[confirm]\noutbox_dir = "{tmp_path}/outbox"\nsecret_file = "{tmp_path}/key"\n'
-    )
-    assert CliRunner().invoke(main, ["--config", str(path), "db", "upgrade"]).exit_code == 0
-    return path
-
-
-def run(config: Path, *args: str, input: bytes | None = None) -> str:
-    result = CliRunner().invoke(main, ["--config", str(config), *args], input=input)
-    assert result.exit_code == 0, result.output
-    return result.output
-
-
-def test_html_report_is_shown_escaped_everywhere_and_kept_raw(config: Path) -> None:
+def test_html_report_is_shown_escaped_everywhere_and_kept_raw(cli_config: Path) -> None:
     raw = load_eml("report_html_links.eml")
-    case_id = run(config, "ingest", "--sender", "reporter@example.net", input=raw).strip()
-    shown = run(config, "cases", "show", case_id)
-    view = json.loads(run(config, "cases", "show", case_id, "--json"))
-    listed = run(config, "cases", "list") + run(config, "cases", "list", "--json")
-    exported = run(config, "cases", "export")
+    case_id = run(cli_config, "ingest", "--sender", "reporter@example.net", input=raw).strip()
+    shown = run(cli_config, "cases", "show", case_id)
+    view = json.loads(run(cli_config, "cases", "show", case_id, "--json"))
+    listed = run(cli_config, "cases", "list") + run(cli_config, "cases", "list", "--json")
+    exported = run(cli_config, "cases", "export")
     message = view["messages"][0]
     assert "click here (hxxps://phish[.]evil-bank[.]example[.]com/verify?u=1)" in message["text"]
     assert message["subject"] == "Phish at hxxps://evil-bank[.]example[.]com/login and www[.]bad[.]example"
@@ -49,14 +33,14 @@ def test_html_report_is_shown_escaped_everywhere_and_kept_raw(config: Path) -> N
     assert "Username: rita" in message["text"] and "Password: hunter2:x" in message["text"]
     for text in (shown, message["text"], message["subject"], listed, exported):
         assert not LIVE_LINK.search(text.replace('"kind": "url", "value": "https://', ""))
-    result = CliRunner().invoke(main, ["--config", str(config), "cases", "raw", case_id, "1"])
+    result = CliRunner().invoke(main, ["--config", str(cli_config), "cases", "raw", case_id, "1"])
     assert result.stdout_bytes == raw
 
 
-def test_indicators_are_stored_once_normalised_and_searchable(config: Path) -> None:
-    case_id = run(config, "ingest", input=load_eml("report_html_links.eml")).strip()
-    other = run(config, "ingest", input=load_eml("report_phishing.eml")).strip()
-    view = json.loads(run(config, "cases", "show", case_id, "--json"))
+def test_indicators_are_stored_once_normalised_and_searchable(cli_config: Path) -> None:
+    case_id = run(cli_config, "ingest", input=load_eml("report_html_links.eml")).strip()
+    other = run(cli_config, "ingest", input=load_eml("report_phishing.eml")).strip()
+    view = json.loads(run(cli_config, "cases", "show", case_id, "--json"))
     pairs = {(i["kind"], i["value"]) for i in view["indicators"]}
     assert ("url", "https://phish.evil-bank.example.com/verify?u=1") in pairs
     assert ("ipv4", "198.51.100.23") in pairs and ("ipv6", "2001:db8::7") in pairs
@@ -65,7 +49,7 @@ def test_indicators_are_stored_once_normalised_and_searchable(config: Path) -> N
 
     def found(query: str) -> list[str]:
         return [
-            c["case_id"] for c in json.loads(run(config, "cases", "list", "--indicator", query, "--json"))
+            c["case_id"] for c in json.loads(run(cli_config, "cases", "list", "--indicator", query, "--json"))
         ]
 
     assert found("evil-bank.example.com") == [case_id]  # a domain matches URLs on it and its subdomains
@@ -75,10 +59,10 @@ def test_indicators_are_stored_once_normalised_and_searchable(config: Path) -> N
     assert found("nothing-here.example") == []
 
 
-def test_defanged_report_text_is_recognised_not_doubled(config: Path) -> None:
+def test_defanged_report_text_is_recognised_not_doubled(cli_config: Path) -> None:
     raw = b"From: r@example.net\r\nSubject: x\r\n\r\nsafe: hxxps://bad[.]example/x and bad(.)example\r\n"
-    case_id = run(config, "ingest", input=raw).strip()
-    view = json.loads(run(config, "cases", "show", case_id, "--json"))
+    case_id = run(cli_config, "ingest", input=raw).strip()
+    view = json.loads(run(cli_config, "cases", "show", case_id, "--json"))
     assert "hxxps://bad[.]example/x" in view["messages"][0]["text"]
     assert ("domain", "bad.example") in {(i["kind"], i["value"]) for i in view["indicators"]}
 

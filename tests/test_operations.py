@@ -15,35 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import RunningGateway, load_eml
+from tests.conftest import RunningGateway, load_eml, self_signed_pair
 
 ROOT = Path(__file__).resolve().parents[1]
 REPORT = load_eml("report_phishing.eml")
-
-
-def _self_signed(directory: Path, name: str) -> tuple[Path, Path]:
-    cert, key = directory / f"{name}.crt", directory / f"{name}.key"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            f"/CN={name}",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return cert, key
 
 
 def _client_context() -> ssl.SSLContext:
@@ -74,7 +49,7 @@ def _free_port() -> int:
 def test_starttls_upgrades_with_the_configured_certificate(
     gateway_factory, sqlite_url: str, tmp_path: Path
 ) -> None:
-    cert, key = _self_signed(tmp_path, "mx-a")
+    cert, key = self_signed_pair(tmp_path, "mx-a")
     gateway = gateway_factory(sqlite_url, smtp={"tls_cert": str(cert), "tls_key": str(key)})
     assert _served_cert(gateway.port) == _fingerprint(cert)
     with smtplib.SMTP("127.0.0.1", gateway.port, timeout=10) as client:
@@ -85,7 +60,7 @@ def test_starttls_upgrades_with_the_configured_certificate(
 
 
 def test_require_tls_refuses_mail_before_starttls(gateway_factory, sqlite_url: str, tmp_path: Path) -> None:
-    cert, key = _self_signed(tmp_path, "mx-a")
+    cert, key = self_signed_pair(tmp_path, "mx-a")
     gateway = gateway_factory(
         sqlite_url, smtp={"tls_cert": str(cert), "tls_key": str(key), "require_tls": True}
     )
@@ -96,7 +71,7 @@ def test_require_tls_refuses_mail_before_starttls(gateway_factory, sqlite_url: s
 
 
 def test_sighup_picks_up_a_new_certificate_and_new_addresses(tmp_path: Path) -> None:
-    cert, key = _self_signed(tmp_path, "mx-old")
+    cert, key = self_signed_pair(tmp_path, "mx-old")
     port = _free_port()
     config = tmp_path / "gateway.toml"
 
@@ -122,7 +97,7 @@ def test_sighup_picks_up_a_new_certificate_and_new_addresses(tmp_path: Path) -> 
         _wait_for_port(port)
         old = _fingerprint(cert)
         assert _served_cert(port) == old
-        new_cert, new_key = _self_signed(tmp_path, "mx-new")
+        new_cert, new_key = self_signed_pair(tmp_path, "mx-new")
         new_cert.replace(cert)  # a renewal lands at the same paths
         new_key.replace(key)
         write_config(["abuse@example.org", "abuse@new.example"])

@@ -7,38 +7,20 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import pytest
-from click.testing import CliRunner
 from sqlalchemy import func, select, update
 from sqlmodel import Session
 
-from gateway.cli import main
 from gateway.service import build_store
 from storage.models import Case, InboxEntry
 from tests.conftest import load_eml
+from tests.conftest import run_cli as run
 
 
-@pytest.fixture
-def config(tmp_path: Path, store_url: str) -> Path:
-    path = tmp_path / "gateway.toml"
-    path.write_text(
-        f'[store]\nurl = "{store_url}"\n[confirm]\nenabled = false\nsecret_file = "{tmp_path}/key"\n'
-    )
-    assert CliRunner().invoke(main, ["--config", str(path), "db", "upgrade"]).exit_code == 0
-    return path
-
-
-def run(config: Path, *args: str, input: bytes | None = None) -> str:
-    result = CliRunner().invoke(main, ["--config", str(config), *args], input=input)
-    assert result.exit_code == 0, result.output
-    return result.output
-
-
-def _age(config: Path, case_id: str, days: int, created_days: int | None = None) -> None:
+def _age(cli_config: Path, case_id: str, days: int, created_days: int | None = None) -> None:
     """Pretend a case was last touched (and created) that many days ago."""
     from gateway.config import load_config
 
-    store = build_store(load_config(config))
+    store = build_store(load_config(cli_config))
     then = datetime.now(UTC) - timedelta(days=days)
     created = datetime.now(UTC) - timedelta(days=created_days if created_days is not None else days)
     with Session(store.engine) as session, session.begin():
@@ -48,47 +30,49 @@ def _age(config: Path, case_id: str, days: int, created_days: int | None = None)
     store.engine.dispose()
 
 
-def _ingest(config: Path, name: str) -> str:
+def _ingest(cli_config: Path, name: str) -> str:
     raw = load_eml(name).replace(b"Message-ID: <", f"Message-ID: <{uuid.uuid4().hex}".encode(), 1)
-    return run(config, "ingest", input=raw).strip()
+    return run(cli_config, "ingest", input=raw).strip()
 
 
-def test_purge_removes_old_closed_cases_and_their_raw_bytes_but_not_held_or_open_ones(config: Path) -> None:
-    old_closed, held, still_open = (_ingest(config, "report_phishing.eml") for _ in range(3))
-    run(config, "cases", "close", old_closed)
-    run(config, "cases", "close", held)
-    run(config, "cases", "hold", held)
+def test_purge_removes_old_closed_cases_and_their_raw_bytes_but_not_held_or_open_ones(
+    cli_config: Path,
+) -> None:
+    old_closed, held, still_open = (_ingest(cli_config, "report_phishing.eml") for _ in range(3))
+    run(cli_config, "cases", "close", old_closed)
+    run(cli_config, "cases", "close", held)
+    run(cli_config, "cases", "hold", held)
     for case_id in (old_closed, held, still_open):
-        _age(config, case_id, 100)
-    output = run(config, "purge", "--older-than", "90")
+        _age(cli_config, case_id, 100)
+    output = run(cli_config, "purge", "--older-than", "90")
     assert f"removed {old_closed}" in output and "purged 1 case(s)" in output
-    remaining = {c["case_id"] for c in json.loads(run(config, "cases", "list", "--json"))}
+    remaining = {c["case_id"] for c in json.loads(run(cli_config, "cases", "list", "--json"))}
     assert remaining == {held, still_open}
     from gateway.config import load_config
 
-    store = build_store(load_config(config))
+    store = build_store(load_config(cli_config))
     with Session(store.engine) as session:
         assert session.exec(select(func.count()).select_from(InboxEntry)).one()[0] == 2
-    run(config, "cases", "release", held)
-    assert f"removed {held}" in run(config, "purge", "--older-than", "90")
+    run(cli_config, "cases", "release", held)
+    assert f"removed {held}" in run(cli_config, "purge", "--older-than", "90")
 
 
-def test_csam_case_is_kept_365_days_whatever_the_setting(config: Path) -> None:
-    case_id = _ingest(config, "xarf_v4_content_csam_attachment.eml")
-    assert json.loads(run(config, "cases", "show", case_id, "--json"))["csam"] is True
-    run(config, "cases", "close", case_id)
-    _age(config, case_id, days=200)
-    assert "purged 0 case(s)" in run(config, "purge", "--older-than", "30")
-    _age(config, case_id, days=200, created_days=400)
-    assert f"removed {case_id}" in run(config, "purge", "--older-than", "30")
+def test_csam_case_is_kept_365_days_whatever_the_setting(cli_config: Path) -> None:
+    case_id = _ingest(cli_config, "xarf_v4_content_csam_attachment.eml")
+    assert json.loads(run(cli_config, "cases", "show", case_id, "--json"))["csam"] is True
+    run(cli_config, "cases", "close", case_id)
+    _age(cli_config, case_id, days=200)
+    assert "purged 0 case(s)" in run(cli_config, "purge", "--older-than", "30")
+    _age(cli_config, case_id, days=200, created_days=400)
+    assert f"removed {case_id}" in run(cli_config, "purge", "--older-than", "30")
 
 
-def test_raw_and_export_leave_an_audit_trail_naming_the_unix_user(config: Path) -> None:
+def test_raw_and_export_leave_an_audit_trail_naming_the_unix_user(cli_config: Path) -> None:
     import getpass
 
-    case_id = _ingest(config, "report_phishing.eml")
-    run(config, "cases", "raw", case_id, "1")
-    run(config, "cases", "export")
-    events = json.loads(run(config, "audit", "list", "--json"))
+    case_id = _ingest(cli_config, "report_phishing.eml")
+    run(cli_config, "cases", "raw", case_id, "1")
+    run(cli_config, "cases", "export")
+    events = json.loads(run(cli_config, "audit", "list", "--json"))
     assert [(e["action"], e["target"]) for e in events] == [("export", "all"), ("raw", f"{case_id} 1")]
     assert {e["actor"] for e in events} == {getpass.getuser()}

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import self_signed_pair
+
 ROOT = Path(__file__).resolve().parents[1]
 UNITS = ROOT / "systemd"
 SERVICE = UNITS / "abuse-gateway.service"
@@ -553,28 +555,7 @@ def test_serve_takes_mail_over_starttls_inside_the_units_syscall_filter_and_wx_b
         pytest.skip(reason)
     if shutil.which("openssl") is None:
         pytest.skip("openssl is not installed")
-    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=mx.test",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=TIMEOUT,
-    )
+    cert, key = self_signed_pair(tmp_path, "mx.test")
     tls = f'[smtp]\ntls_cert = "{cert}"\ntls_key = "{key}"\n'
     upgraded.config.write_text(upgraded.config.read_text().replace("[smtp]\n", tls, 1))
     proc = upgraded.serve(notify_socket, extra_env=_unit_sandbox())
