@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
 import logging
 import multiprocessing
 import os
@@ -29,12 +31,28 @@ from storage.store import Committed
 
 log = logging.getLogger("abuse_gateway.intake_process")
 
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 _CONTEXT = multiprocessing.get_context("spawn")  # no fork of a process holding threads, sockets, a loop
 Summary = tuple[int, str, int, bool, str, str, bool, datetime | None]
 
 
-def _child(config: Config, wake: ProcessEvent, stop: ProcessEvent, results: Any, level: str) -> None:
+def _die_with_parent(parent_pid: int) -> None:
+    """A child must never outlive its gateway: an orphan would keep processing with a stale config (a
+    SIGKILLed parent leaves one otherwise). Linux: the kernel sends SIGKILL when the parent dies; the loop
+    below also checks the parent pid, for the race before prctl and for other systems. Dying abruptly is
+    safe: the inbox is durable, an open transaction rolls back, and the next start frees the claims."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
+def _child(
+    config: Config, wake: ProcessEvent, stop: ProcessEvent, results: Any, level: str, parent_pid: int
+) -> None:
     """The child's whole life: claim, process, report; until told to stop and the inbox is drained."""
+    _die_with_parent(parent_pid)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop (Ctrl-C, SIGTERM)
@@ -65,6 +83,8 @@ def _child(config: Config, wake: ProcessEvent, stop: ProcessEvent, results: Any,
     reload_requested = threading.Event()
     signal.signal(signal.SIGHUP, lambda *_: reload_requested.set())
     while True:
+        if os.getppid() != parent_pid:
+            os._exit(1)
         if reload_requested.is_set():  # the parent forwards SIGHUP: caps and addresses live here too
             reload_requested.clear()
             worker = _reloaded(config, store, worker, report)
@@ -123,7 +143,7 @@ class IntakeProcess:
     def _spawn(self) -> None:
         self._process = _CONTEXT.Process(
             target=_child,
-            args=(self.config, self._wake, self._stop, self._results, self.level),
+            args=(self.config, self._wake, self._stop, self._results, self.level, os.getpid()),
             name="abuse-gateway-intake",
             daemon=True,
         )
