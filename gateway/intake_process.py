@@ -61,6 +61,7 @@ def _child(
 
     store = build_store(config)
     release_dead_claims(store)
+    log.info("intake worker ready: pid=%d", os.getpid())
 
     def report(done: Sequence[Committed]) -> None:
         results.put(

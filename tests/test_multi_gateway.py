@@ -81,6 +81,9 @@ def test_two_gateways_share_one_postgresql(tmp_path: Path, smtp_sink: Sink) -> N
     schema.upgrade(store.engine)
     ports = [_free_port(), _free_port()]
     procs = [_start(tmp_path, f"gw{i}", port, smtp_sink)[0] for i, port in enumerate(ports)]
+    # Each gateway's intake runs in a spawned process; sharing the inbox needs both of them running.
+    logs = [tmp_path / f"gw{i}" / "stderr.log" for i in range(2)]
+    _wait(lambda: all(b"intake worker ready" in log.read_bytes() for log in logs), timeout=30)
     try:
         with ThreadPoolExecutor(max_workers=8) as pool:
             jobs = [
