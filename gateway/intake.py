@@ -23,6 +23,7 @@ from gateway.config import Config
 from gateway.threader import Threader
 from parsers.auto import classify
 from parsers.bounce import embedded_texts, returned_message_ids
+from parsers.defang import defang
 from parsers.escape import escape_text
 from parsers.forward import ForwardedMessage, forwarded_messages
 from parsers.indicators import extract_indicators, indicator_host
@@ -70,14 +71,18 @@ def _report_fields(report: MachineReport) -> dict[str, object]:
 
 
 def _indicators(
-    parsed: ParsedMessage, report: MachineReport | None, forwards: tuple[ForwardedMessage, ...] = ()
+    first: Sequence[Indicator],
+    parsed: ParsedMessage,
+    report: MachineReport | None,
+    forwards: tuple[ForwardedMessage, ...] = (),
 ) -> tuple[tuple[Indicator, str | None], ...]:
-    texts = [parsed.subject, parsed.text, *parsed.html_links]
+    """`first` (from the subject and text, found while escaping them), then the rest, deduplicated."""
+    texts = list(parsed.html_links)
     for forward in forwards:
         texts += [forward.subject, forward.text, forward.sender_ip or ""]
     if report is not None:
         texts += [*report.urls, *report.domains, report.source_ip or ""]
-    found: dict[Indicator, None] = {}
+    found: dict[Indicator, None] = dict.fromkeys(first)
     for text in texts:
         if text:
             for indicator in extract_indicators(text):
@@ -140,17 +145,18 @@ def prepare(entry: ClaimedEntry, parse: ParseFn = parse_message) -> PreparedMess
     flags = []
     if any(name.lower().startswith(_OUR_HEADER_PREFIX) for name, _ in parsed.headers):
         flags.append("untrusted_gateway_headers")
+    subject, text = defang(parsed.subject), defang(parsed.text)
     return PreparedMessage(
         entry=entry,
         parsed=parsed,
         kind=_KIND[classification.kind],
         kind_rule=classification.rule,
-        escaped_subject=escape_text(parsed.subject),
-        escaped_text=escape_text(parsed.text),
+        escaped_subject=subject.escaped,
+        escaped_text=text.escaped,
         escaped_filenames=tuple(
             escape_text(a.filename) if a.filename else a.filename for a in parsed.attachments
         ),
-        indicators=_indicators(parsed, report, forwards),
+        indicators=_indicators(subject.indicators + text.indicators, parsed, report, forwards),
         report=_report_fields(report) if report is not None else None,
         defects=parsed.defects,
         flags=tuple(flags),

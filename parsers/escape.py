@@ -24,7 +24,7 @@ def escape_text(text: str) -> str:
     out: list[str] = []
     prev = 0
     for m in urlscan.candidate_chunks(text):
-        escaped = _escape_chunk(m.group())
+        escaped = escape_chunk(m.group())
         if escaped is not None:
             out.append(text[prev : m.start()])
             out.append(escaped)
@@ -40,16 +40,19 @@ def refang(text: str) -> str:
     return urlscan.refang(text)
 
 
-def _escape_chunk(chunk: str) -> str | None:
-    # Scan the refanged form and write canonical escapes from it: an already-defanged chunk then escapes to
-    # the same output as its live form, which is what makes escape_text idempotent.
-    r, pos = urlscan.refang_mapped(chunk)
-    edits = urlscan.scan(r).edits
-    if not edits:
+def escape_chunk(chunk: str) -> str | None:
+    """One chunk from `urlscan.candidate_chunks` escaped, or None when nothing in it is URL-like.
+
+    Escapes are written from the scan of the refanged form: an already-defanged chunk then escapes to the
+    same output as its live form, which is what makes escape_text idempotent.
+    """
+    scanned = urlscan.scan_chunk(chunk)
+    if not scanned.edits:
         return None
+    pos = scanned.pos
     out: list[str] = []
     prev = 0
-    for start, end, rep in edits:
+    for start, end, rep in scanned.edits:
         out.append(chunk[_orig(pos, prev) : _orig(pos, start)])  # text between detections, as written
         out.append(rep)
         prev = end
@@ -57,5 +60,5 @@ def _escape_chunk(chunk: str) -> str | None:
     return "".join(out)
 
 
-def _orig(pos: list[int] | None, i: int) -> int:
+def _orig(pos: tuple[int, ...] | None, i: int) -> int:
     return i if pos is None else pos[i]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from functools import lru_cache
 
 import idna
 
@@ -26,13 +27,19 @@ def extract_indicators(text: str) -> list[Indicator]:
     """Every URL, host, IP and address in `text`, defanged or not; deduplicated, first appearance first."""
     seen: dict[Indicator, None] = {}
     for m in urlscan.candidate_chunks(text):
-        r, _ = urlscan.refang_mapped(m.group())
-        for found in urlscan.scan(r).found:
-            if found.in_path:
-                continue
-            for ind in _expand(found.kind, found.text):
-                seen.setdefault(ind, None)
+        for ind in chunk_indicators(m.group()):
+            seen.setdefault(ind, None)
     return list(seen)
+
+
+def chunk_indicators(chunk: str) -> tuple[Indicator, ...]:
+    """The indicators of one chunk from `urlscan.candidate_chunks`, in order (duplicates possible)."""
+    return tuple(
+        ind
+        for found in urlscan.scan_chunk(chunk).found
+        if not found.in_path
+        for ind in _expand(found.kind, found.text)
+    )
 
 
 def normalize_indicator(kind: IndicatorKind, value: str) -> Indicator | None:
@@ -93,11 +100,18 @@ def indicator_host(ind: Indicator) -> str | None:
     return host[1:-1] if host.startswith("[") else host
 
 
-def _expand(kind: urlscan.FoundKind, text: str) -> list[Indicator]:
-    """The indicator, its host, and the Unicode spellings of IDN values."""
+def _expand(kind: urlscan.FoundKind, text: str) -> tuple[Indicator, ...]:
+    """The indicator, its host, and the Unicode spellings of IDN values. Cached for ordinary lengths: a report
+    names the same hosts again and again, and normalising (IDNA, ipaddress) is the costly step."""
+    if len(text) <= _CACHED_VALUE:
+        return _expand_cached(kind, text)
+    return _expand_value(kind, text)
+
+
+def _expand_value(kind: urlscan.FoundKind, text: str) -> tuple[Indicator, ...]:
     primary = normalize_indicator(kind, text)
     if primary is None:
-        return []
+        return ()
     out = [primary, *_unicode_twin(primary)]
     if kind in ("url", "email"):
         host = indicator_host(primary)
@@ -107,7 +121,11 @@ def _expand(kind: urlscan.FoundKind, text: str) -> list[Indicator]:
             )
             host_ind = Indicator(host_kind, host)
             out += [host_ind, *_unicode_twin(host_ind)]
-    return out
+    return tuple(out)
+
+
+_CACHED_VALUE = 512
+_expand_cached = lru_cache(maxsize=8192)(_expand_value)
 
 
 def _unicode_twin(ind: Indicator) -> list[Indicator]:

@@ -152,6 +152,38 @@ def refang_mapped(chunk: str) -> tuple[str, list[int] | None]:
     return chunk, pos
 
 
+# Chunks up to this length are remembered: a report repeats its URLs (subject, text, HTML link targets) and
+# escaping and indicator extraction look at the same chunks, so most scans are answered from the cache. Longer
+# chunks are rare, and caching megabyte-long junk would only hold memory.
+_CACHED_CHUNK = 512
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkScan:
+    """A chunk's refanged form, its index map back to the chunk (None = identity) and what it holds."""
+
+    refanged: str
+    pos: tuple[int, ...] | None
+    edits: tuple[tuple[int, int, str], ...]
+    found: tuple[Found, ...]
+
+
+def scan_chunk(chunk: str) -> ChunkScan:
+    """Refang and scan one chunk from `candidate_chunks`: the step escaping and extraction share."""
+    if len(chunk) <= _CACHED_CHUNK:
+        return _scan_chunk_cached(chunk)
+    return _scan_chunk(chunk)
+
+
+def _scan_chunk(chunk: str) -> ChunkScan:
+    r, pos = refang_mapped(chunk)
+    result = scan(r)
+    return ChunkScan(r, tuple(pos) if pos is not None else None, tuple(result.edits), tuple(result.found))
+
+
+_scan_chunk_cached = lru_cache(maxsize=8192)(_scan_chunk)
+
+
 def _ascii_digits(s: str) -> bool:
     return s.isascii() and s.isdigit()
 

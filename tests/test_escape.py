@@ -1,4 +1,4 @@
-"""escape_text: the issue's table of exact outputs, its properties, and its pathological inputs."""
+"""escape_text and the one-pass defang: the table of exact outputs, properties, pathological inputs."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from parsers.defang import defang
 from parsers.escape import escape_text, refang
 from parsers.indicators import extract_indicators
 from parsers.urlscan import make_suffix_extractor
@@ -198,6 +199,22 @@ def test_escaped_text_keeps_every_indicator(text: str) -> None:
     assert set(extract_indicators(escape_text(text))) >= set(extract_indicators(text))
 
 
+@pytest.mark.parametrize(("text", "expected"), CASES)
+def test_one_pass_defang_matches_escape_and_extract_on_table(text: str, expected: str) -> None:
+    # Intake uses the one-pass form; it must answer exactly what the two separate functions do.
+    result = defang(text)
+    assert result.escaped == expected == escape_text(text)
+    assert list(result.indicators) == extract_indicators(text)
+
+
+@_SETTINGS
+@given(urlish)
+def test_one_pass_defang_matches_escape_and_extract(text: str) -> None:
+    result = defang(text)
+    assert result.escaped == escape_text(text)
+    assert list(result.indicators) == extract_indicators(text)
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.text())
 def test_never_raises_on_arbitrary_text(text: str) -> None:
@@ -213,3 +230,4 @@ def test_pathological_megabyte_inputs(unit: str) -> None:
     text = unit * (1_000_000 // len(unit))
     escape_text(text)
     extract_indicators(text)
+    defang(text)
