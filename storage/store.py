@@ -139,6 +139,34 @@ class Committed:
 class _SessionLookup:
     def __init__(self, session: Session) -> None:
         self.session = session
+        # Earlier messages by ("mid", Message-ID) or ("sha", sha256 of a message without one), filled for a
+        # whole batch by `prefetch_seen` and kept current by `remember`; keys not in it are asked one by one.
+        self._seen: dict[tuple[str, str], list[tuple[str, str]]] = {}
+
+    def prefetch_seen(self, keys: Sequence[tuple[str | None, str]]) -> None:
+        """The redelivery check for a whole batch in two queries instead of one per message."""
+        message_ids = sorted({mid for mid, _ in keys if mid})
+        digests = sorted({sha for mid, sha in keys if not mid})
+        seen: dict[tuple[str, str], list[tuple[str, str]]] = {("mid", m): [] for m in message_ids}
+        seen.update({("sha", d): [] for d in digests})
+        base = select(Message.message_id, Message.sha256, Case.case_id).join(Case, Message.case_pk == Case.id)
+        if message_ids:
+            for mid, digest, case_id in self.session.exec(
+                base.where(Message.message_id.in_(message_ids)).order_by(Message.id)
+            ).all():
+                seen[("mid", mid)].append((case_id, digest))
+        if digests:
+            for _mid, digest, case_id in self.session.exec(
+                base.where(Message.sha256.in_(digests), Message.message_id.is_(None)).order_by(Message.id)
+            ).all():
+                seen[("sha", digest)].append((case_id, digest))
+        self._seen = seen
+
+    def remember(self, message_id: str | None, sha256: str, case_id: str) -> None:
+        """A message just stored in this transaction, so a copy later in the same batch finds it."""
+        rows = self._seen.get(("mid", message_id) if message_id else ("sha", sha256))
+        if rows is not None:
+            rows.append((case_id, sha256))
 
     def case(self, case_id: str) -> CaseInfo | None:
         case = self.session.exec(select(Case).where(Case.case_id == case_id)).first()
@@ -205,12 +233,14 @@ class _SessionLookup:
 
     def seen_message(self, message_id: str | None, sha256: str) -> tuple[str, bool] | None:
         """An earlier message with this Message-ID (or, without one, these bytes): (case_id, same bytes)."""
-        query = select(Case.case_id, Message.sha256).join(Case, Message.case_pk == Case.id)
-        if message_id:
-            query = query.where(Message.message_id == message_id)
-        else:
-            query = query.where(Message.sha256 == sha256, Message.message_id.is_(None))
-        rows = self.session.exec(query.order_by(Message.id)).all()
+        rows = self._seen.get(("mid", message_id) if message_id else ("sha", sha256))
+        if rows is None:
+            query = select(Case.case_id, Message.sha256).join(Case, Message.case_pk == Case.id)
+            if message_id:
+                query = query.where(Message.message_id == message_id)
+            else:
+                query = query.where(Message.sha256 == sha256, Message.message_id.is_(None))
+            rows = [(case_id, digest) for case_id, digest in self.session.exec(query.order_by(Message.id))]
         if not rows:
             return None
         for case_id, digest in rows:
@@ -259,6 +289,42 @@ def _aware(value: datetime | None) -> datetime | None:
 def _iso(value: datetime | None) -> str | None:
     value = _aware(value)
     return value.isoformat() if value is not None else None
+
+
+@dataclass(slots=True)
+class _BatchRows:
+    """Indicator rows of a whole batch, inserted with one statement at its end. Which (kind, value) each
+    case already has is asked once per case and batch, then kept here as rows are added."""
+
+    indicators: list[dict[str, Any]] = field(default_factory=list)
+    known: dict[int, set[tuple[str, str]]] = field(default_factory=dict)
+
+    def add_indicators(
+        self,
+        session: Session,
+        case_pk: int,
+        indicators: Sequence[tuple[Indicator, str | None]],
+        new_case: bool,
+    ) -> None:
+        if not indicators:
+            return
+        known = self.known.get(case_pk)
+        if known is None:
+            known = self.known[case_pk] = set() if new_case else _case_indicators(session, case_pk)
+        for indicator, host in indicators:
+            key = (indicator.kind, indicator.value)
+            if key not in known:
+                known.add(key)
+                self.indicators.append(
+                    {"case_pk": case_pk, "kind": indicator.kind, "value": indicator.value, "host": host}
+                )
+
+
+def _case_indicators(session: Session, case_pk: int | None) -> set[tuple[str, str]]:
+    rows = session.exec(
+        select(IndicatorRow.kind, IndicatorRow.value).where(IndicatorRow.case_pk == case_pk)
+    ).all()
+    return {(kind, value) for kind, value in rows}
 
 
 @dataclass(slots=True)
@@ -382,6 +448,10 @@ class CaseStore:
                     .where(Message.inbox_id.in_([p.entry.inbox_id for p in prepared]))
                 ).all()
             }
+            lookup.prefetch_seen(
+                [(p.parsed.message_id, p.entry.sha256) for p in prepared if p.entry.inbox_id not in prior]
+            )
+            batch = _BatchRows()
             for item in prepared:
                 inbox_id = item.entry.inbox_id
                 if inbox_id in prior:
@@ -389,9 +459,13 @@ class CaseStore:
                     results.append(Committed(inbox_id, case_id, index, False, kind, signal))
                     finished.setdefault("done", []).append(inbox_id)
                     continue
-                committed, state = self._store_one(session, item, resolve(item, lookup))
+                committed, state = self._store_one(session, item, resolve(item, lookup), batch)
+                if not committed.duplicate:
+                    lookup.remember(item.parsed.message_id, item.entry.sha256, committed.case_id)
                 results.append(committed)
                 finished.setdefault(state, []).append(inbox_id)
+            if batch.indicators:
+                session.execute(insert(IndicatorRow.__table__), batch.indicators)
             now = _now()
             for state, inbox_ids in finished.items():
                 session.execute(
@@ -402,7 +476,7 @@ class CaseStore:
         return results
 
     def _store_one(
-        self, session: Session, item: PreparedMessage, decision: ThreadDecision
+        self, session: Session, item: PreparedMessage, decision: ThreadDecision, batch: _BatchRows
     ) -> tuple[Committed, str]:
         """Write one message (and its case, when it opens one); returns what happened and the inbox state.
 
@@ -478,7 +552,7 @@ class CaseStore:
             ),
         ).scalar_one()
         self._add_attachments(session, message_pk, parsed.attachments, item.escaped_filenames)
-        self._add_indicators(session, case_pk, item.indicators, new_case=opened)
+        batch.add_indicators(session, case_pk, item.indicators, new_case=opened)
         if decision.confirm is not None:
             suppressed = decision.confirm.suppressed_reason
             session.execute(
@@ -566,14 +640,7 @@ class CaseStore:
         """Once per case: a new case has none yet, so only an existing one is asked what it knows."""
         if not indicators:
             return
-        known: set[tuple[str, str]] = set()
-        if not new_case:
-            known = {
-                (k, v)
-                for k, v in session.exec(
-                    select(IndicatorRow.kind, IndicatorRow.value).where(IndicatorRow.case_pk == case_pk)
-                ).all()
-            }
+        known = set() if new_case else _case_indicators(session, case_pk)
         rows = []
         for indicator, host in indicators:
             key = (indicator.kind, indicator.value)

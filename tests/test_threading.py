@@ -3,11 +3,13 @@ redelivery, closed cases and bounces of our own confirmations."""
 
 from __future__ import annotations
 
+import json
 import uuid
+from pathlib import Path
 
 import pytest
 
-from tests.conftest import RunningGateway, Sink, load_eml
+from tests.conftest import RunningGateway, Sink, load_eml, run_cli
 
 REPORT = load_eml("report_phishing.eml")
 
@@ -184,3 +186,37 @@ def test_forged_reply_token_is_treated_as_no_token(opened) -> None:
     gateway.send(_mail("hello"), rcpt_tos=[forged])
     gateway.wait_idle()
     assert len(gateway.store.list_cases()) == 2
+
+
+def test_copies_and_replies_inside_one_processing_batch_thread_like_separate_ones(
+    tmp_path: Path, cli_config: Path
+) -> None:
+    # A backlog import processes many messages in one transaction, and the redelivery check is asked for the
+    # whole batch at once: a copy, a byte-identical message without Message-ID, a reply by header and a
+    # reused Message-ID that arrive in the same batch as the original must come out as if sent one by one.
+    report = _mail("Phishing at our bank", message_id="orig-1")
+    reply = _mail(
+        "Re: Phishing", body="Password: hunter2", headers=("In-Reply-To: <orig-1@mail.example.net>",)
+    )
+    no_id = b"From: a@example.net\r\nSubject: no id\r\n\r\nbody\r\n"
+    edited = _mail("Phishing at our bank, edited", message_id="orig-1")
+    backlog = tmp_path / "backlog"
+    backlog.mkdir()
+    for n, raw in enumerate([report, report, reply, no_id, no_id, edited]):
+        (backlog / f"{n}.eml").write_bytes(raw)
+    run_cli(cli_config, "ingest", str(backlog))
+
+    cases = json.loads(run_cli(cli_config, "cases", "list", "--json"))
+    shown = {
+        c["case_id"]: json.loads(run_cli(cli_config, "cases", "show", c["case_id"], "--json")) for c in cases
+    }
+    by_first_subject = {case["messages"][0]["subject"]: case for case in shown.values()}
+    assert sorted(by_first_subject) == ["Phishing at our bank", "Phishing at our bank, edited", "no id"]
+    # The copy is stored once, the reply joins by header; the re-used Message-ID with other bytes is kept
+    # and flagged (as in test_same_message_id_with_other_bytes_is_a_new_flagged_message).
+    first = by_first_subject["Phishing at our bank"]["messages"]
+    assert [(m["thread_signal"], m["flags"]) for m in first] == [("none", []), ("header", [])]
+    assert by_first_subject["Phishing at our bank, edited"]["messages"][0]["flags"] == [
+        "duplicate_message_id"
+    ]
+    assert len(by_first_subject["no id"]["messages"]) == 1
