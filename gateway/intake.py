@@ -14,7 +14,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 
@@ -184,6 +184,34 @@ def failed(entry: ClaimedEntry, error: str) -> PreparedMessage:
     )
 
 
+# One case transaction holds at most this much work. On SQLite it holds the single write lock, which the
+# listener's inbox commits (and so the senders' 250s) wait for: a batch of 64 reports with a thousand
+# indicators each would hold it for seconds. Messages are never split, so one huge message is one transaction.
+_TRANSACTION_MESSAGES = 64
+_TRANSACTION_INDICATORS = 1_000
+_TRANSACTION_BYTES = 1 << 20
+
+
+def transactions(prepared: Sequence[PreparedMessage]) -> Iterator[list[PreparedMessage]]:
+    """Consecutive runs of `prepared`, each within the limits above (or a single message)."""
+    part: list[PreparedMessage] = []
+    indicators = size = 0
+    for item in prepared:
+        weight, bytes_ = len(item.indicators), len(item.entry.raw)
+        if part and (
+            len(part) >= _TRANSACTION_MESSAGES
+            or indicators + weight > _TRANSACTION_INDICATORS
+            or size + bytes_ > _TRANSACTION_BYTES
+        ):
+            yield part
+            part, indicators, size = [], 0, 0
+        part.append(item)
+        indicators += weight
+        size += bytes_
+    if part:
+        yield part
+
+
 class ProcessingTimeout(Exception):
     """Preparing one message took longer than `intake.processing_timeout`."""
 
@@ -310,8 +338,11 @@ class IntakeWorker:
                     self.store.release_failed(entry.inbox_id, error)
                 continue
             log.debug("prepared: inbox_id=%d ms=%.1f", entry.inbox_id, (time.monotonic() - started) * 1000)
-        if not prepared:
-            return len(entries)
+        for part in transactions(prepared):
+            self._commit(part)
+        return len(entries)
+
+    def _commit(self, prepared: Sequence[PreparedMessage]) -> None:
         try:
             committed = self.store.commit_processed(prepared, self.threader.resolve)
         except Exception as exc:
@@ -331,7 +362,6 @@ class IntakeWorker:
             )
         if self.on_committed is not None:
             self.on_committed(committed)
-        return len(entries)
 
     @staticmethod
     def _is_outage(exc: Exception) -> bool:

@@ -58,8 +58,10 @@ def _child(
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop (Ctrl-C, SIGTERM)
     from gateway.intake import IntakeWorker
     from gateway.service import build_store, build_threader, release_dead_claims
+    from storage.engine import make_engine
 
-    store = build_store(config)
+    # Everything this process writes can be derived again from the inbox: see storage/engine.py.
+    store = build_store(config, make_engine(config.store.url, durable=False))
     release_dead_claims(store)
     log.info("intake worker ready: pid=%d", os.getpid())
 

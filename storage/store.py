@@ -335,20 +335,32 @@ class CaseStore:
 
     # ---- intake: claim, commit, fail -------------------------------------------------------------------
 
-    def claim_inbox(self, limit: int = 64, lease: float = 60.0) -> list[ClaimedEntry]:
+    def claim_inbox(
+        self, limit: int = 64, lease: float = 60.0, max_bytes: int = 1 << 20
+    ) -> list[ClaimedEntry]:
         """Claim pending entries for this worker. The conditional UPDATE is the claim, so two workers (or
         two gateways on one PostgreSQL, where SKIP LOCKED keeps them off each other's rows) never process
-        the same entry at once; a worker that dies leaves a lease that expires."""
+        the same entry at once; a worker that dies leaves a lease that expires. At most `max_bytes` of raw
+        messages (but always one), so a run of large messages is not all parsed before the first is
+        stored, and a second worker can take the next ones."""
         now = _now()
         claimable = and_(
             InboxEntry.state == "pending",
             or_(InboxEntry.claimed_until.is_(None), InboxEntry.claimed_until < now),
         )
         with Session(self.engine) as session, session.begin():
-            query = select(InboxEntry.id).where(claimable).order_by(InboxEntry.id).limit(limit)
+            query = (
+                select(InboxEntry.id, InboxEntry.size).where(claimable).order_by(InboxEntry.id).limit(limit)
+            )
             if self.engine.dialect.name == "postgresql":
                 query = query.with_for_update(skip_locked=True)
-            ids = list(session.exec(query).all())
+            ids: list[int] = []
+            total = 0
+            for inbox_id, size in session.exec(query).all():
+                total += size or 0
+                if ids and total > max_bytes:
+                    break
+                ids.append(inbox_id)
             if not ids:
                 return []
             session.execute(
