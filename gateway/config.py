@@ -68,6 +68,10 @@ class IntakeConfig(_Section):
     # "process": parsing and the case transaction run in a child process, off the SMTP loop's GIL.
     # "thread": in the listener's process (one process to debug; what the in-process tests use).
     mode: Literal["process", "thread"] = "process"
+    # How many intake processes ("process" mode). Claims are conditional (SKIP LOCKED on PostgreSQL), so
+    # they share the inbox safely; more than one pays off when the backlog grows under a flood and there
+    # is a core to spare (on SQLite they still take turns at the single write lock).
+    processes: int = Field(default=1, ge=1, le=64)
     # Machine reports about the same source and category within this many seconds join one open case
     # (AbuseIO's incident → ticket model); 0 opens a case per report. People's reports never merge.
     machine_report_group_window: float = Field(default=86_400.0, ge=0)

@@ -1,4 +1,5 @@
-"""The intake worker in a process of its own (`[intake] mode = "process"`, the default for `serve`).
+"""The intake worker in processes of their own (`[intake] mode = "process"`, the default for `serve`;
+`[intake] processes` of them).
 
 Why: parsing, escaping and the case transaction are CPU work, and in the listener's process they compete
 with the SMTP event loop for the GIL; the benchmark's profile showed 250 replies waiting behind them. In a
@@ -121,7 +122,8 @@ def _reloaded(config: Config, store: Any, worker: Any, report: Any) -> Any:
 
 
 class IntakeProcess:
-    """The parent's handle on the child: start, wake, restart on death, stop with a drain."""
+    """The parent's handle on the children: start, wake, restart on death, stop with a drain. They share
+    one wake event (each wakes and claims what it can) and one results queue."""
 
     def __init__(
         self, config: Config, on_committed: Callable[[Sequence[Committed]], None], level: str = "INFO"
@@ -132,36 +134,39 @@ class IntakeProcess:
         self._wake = _CONTEXT.Event()
         self._stop = _CONTEXT.Event()
         self._results: Any = _CONTEXT.Queue()
-        self._process: Any = None
+        self._processes: list[Any] = []
         self._reader: threading.Thread | None = None
         self._monitor: asyncio.Task[None] | None = None
         self._closing = False
 
     def start(self) -> None:
-        self._spawn()
+        self._processes = [self._spawn() for _ in range(self.config.intake.processes)]
         self._reader = threading.Thread(target=self._read_results, name="intake-results", daemon=True)
         self._reader.start()
         self._monitor = asyncio.get_running_loop().create_task(self._watch(), name="intake-monitor")
 
-    def _spawn(self) -> None:
-        self._process = _CONTEXT.Process(
+    def _spawn(self) -> Any:
+        process = _CONTEXT.Process(
             target=_child,
             args=(self.config, self._wake, self._stop, self._results, self.level, os.getpid()),
             name="abuse-gateway-intake",
             daemon=True,
         )
-        self._process.start()
-        log.info("intake process started: pid=%s", self._process.pid)
+        process.start()
+        log.info("intake process started: pid=%s", process.pid)
+        return process
 
     def wake(self) -> None:
         self._wake.set()
 
     def reload(self) -> None:
-        if self.alive():
-            os.kill(self._process.pid, signal.SIGHUP)
+        for process in self._processes:
+            if process.is_alive():
+                os.kill(process.pid, signal.SIGHUP)
 
     def alive(self) -> bool:
-        return self._process is not None and self._process.is_alive()
+        """All of them run (the watchdog and the tests ask)."""
+        return bool(self._processes) and all(p.is_alive() for p in self._processes)
 
     def _read_results(self) -> None:
         while True:
@@ -182,13 +187,19 @@ class IntakeProcess:
             if self._closing or self.alive():
                 backoff = 1.0
                 continue
-            log.error(
-                "intake process died: exitcode=%s; restarting in %.0fs", self._process.exitcode, backoff
-            )
+            dead = [n for n, p in enumerate(self._processes) if not p.is_alive()]
+            for n in dead:
+                log.error(
+                    "intake process died: pid=%s exitcode=%s; restarting in %.0fs",
+                    self._processes[n].pid,
+                    self._processes[n].exitcode,
+                    backoff,
+                )
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 60.0)
             if not self._closing:
-                self._spawn()
+                for n in dead:
+                    self._processes[n] = self._spawn()
 
     async def stop(self, grace: float = 30.0) -> None:
         """Let the child drain the inbox and exit; past `grace`, terminate it (its work stays pending)."""
@@ -199,11 +210,14 @@ class IntakeProcess:
                 await self._monitor
         self._stop.set()
         self._wake.set()
-        if self._process is not None:
-            await asyncio.to_thread(self._process.join, grace)
-            if self._process.is_alive():
-                log.warning("intake process did not drain in %.0fs; terminating", grace)
-                self._process.terminate()
-                await asyncio.to_thread(self._process.join, 5)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        for process in self._processes:
+            await asyncio.to_thread(process.join, max(0.0, deadline - loop.time()))
+        for process in self._processes:
+            if process.is_alive():
+                log.warning("intake process did not drain in %.0fs; terminating: pid=%s", grace, process.pid)
+                process.terminate()
+                await asyncio.to_thread(process.join, 5)
         if self._reader is not None:
             await asyncio.to_thread(self._reader.join, 5)
