@@ -16,15 +16,16 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from gateway import metrics
+from gateway import data, metrics
 from gateway.config import Config
 from storage.errors import TransientError
+from storage.inbox import AppendResult, Inbox
 from storage.inbox import Envelope as InboxEnvelope
-from storage.inbox import Inbox
 
 log = logging.getLogger("abuse_gateway.smtp")
 
@@ -39,14 +40,13 @@ TOO_MANY_CONNECTIONS = "421 4.7.0 Too many connections, try again later"
 SESSION_EXPIRED = "421 4.4.2 Session time limit exceeded, closing"
 TLS_REQUIRED = "530 5.7.0 Must issue a STARTTLS command first"
 
-# aiosmtpd's own wording for the size refusals; rewritten to carry the enhanced code (RFC 3463 §3.5).
-# Its "line too long" in DATA counts too: our DATA line limit is the message size limit, so a line over
-# it is a message over it.
-_AIOSMTPD_TOO_BIG = (
-    b"552 Error: Too much mail data",
-    b"552 Error: message size exceeds fixed maximum message size",
-    b"500 Line too long (see RFC5321 4.5.3.1.6)",
-)
+# aiosmtpd's own wording for the size refusal at MAIL FROM (SIZE=); rewritten to carry the enhanced code
+# (RFC 3463 §3.5). DATA is ours (gateway/data.py) and answers TOO_BIG itself.
+_AIOSMTPD_TOO_BIG = (b"552 Error: message size exceeds fixed maximum message size",)
+# Received messages read back into memory for their inbox commit, at most this many bytes at a time
+# (gateway/data.py): 50 sessions finishing 10 MB messages together wait their turn instead of all
+# holding their bytes at once.
+MEMORY_BUDGET = 64 * 1024 * 1024
 # The stream buffer limit outside DATA: aiosmtpd's own default line limit, well above the longest command
 # it accepts (512 plus the SIZE/SMTPUTF8 allowances). aiosmtpd uses one StreamReader limit for both command
 # lines and DATA lines; left at the DATA limit (the message size) it lets each session park up to
@@ -89,9 +89,10 @@ class ConnectionLimits:
 class GatewaySMTP(SMTP):
     """aiosmtpd's state machine with our limits.
 
-    - DATA lines may be as long as the whole message: RFC 5321 §4.5.3.1.6 caps lines at 1000 octets, but
-      a 10 MB single-line report is still a report, and refusing it would be a 5xx for content. Command
-      lines keep their own limit (`command_size_limit`, 512 per RFC 5321 §4.5.3.1.4).
+    - DATA is read by `gateway.data.receive` into a temporary file, not aiosmtpd's list of lines. Lines
+      may be as long as the whole message: RFC 5321 §4.5.3.1.6 caps lines at 1000 octets, but a 10 MB
+      single-line report is still a report, and refusing it would be a 5xx for content. Command lines keep
+      their own limit (`command_size_limit`, 512 per RFC 5321 §4.5.3.1.4).
     - a session deadline on top of aiosmtpd's idle timeout, which is not reset during DATA and has no cap
       on a session that keeps talking.
     """
@@ -99,8 +100,8 @@ class GatewaySMTP(SMTP):
     def __init__(
         self, handler: GatewayHandler, *, limits: ConnectionLimits, session_deadline: float, **kwargs: Any
     ) -> None:
-        self.line_length_limit = max(int(kwargs.get("data_size_limit") or 0) + 2, 1001)
         super().__init__(handler, **kwargs)
+        self._data_dir = handler.data_dir
         self._limits = limits
         self._deadline = session_deadline
         self._deadline_handle: asyncio.TimerHandle | None = None
@@ -127,12 +128,43 @@ class GatewaySMTP(SMTP):
         reader._limit = _COMMAND_STREAM_LIMIT  # type: ignore[attr-defined]  # raised only inside DATA
 
     async def smtp_DATA(self, arg: str) -> None:
+        """aiosmtpd's DATA (same checks, same order, same hook), receiving into `gateway.data`."""
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
         reader = self._reader
-        reader._limit = self.line_length_limit  # type: ignore[attr-defined]
+        reader._limit = data.STREAM_LIMIT  # type: ignore[attr-defined]
         try:
-            await super().smtp_DATA(arg)
+            received = await data.receive(reader, self.data_size_limit, self._data_dir)
+        except asyncio.IncompleteReadError:  # the client went away mid-DATA: nothing to answer
+            self._writer.close()
+            return
+        except asyncio.CancelledError:
+            self._writer.close()
+            raise
         finally:
             reader._limit = _COMMAND_STREAM_LIMIT  # type: ignore[attr-defined]
+        if received.too_big:
+            received.close()
+            log.info("refused: reason=too_big client=%s size=%d", self._admitted_ip, received.size)
+            metrics.REFUSED.labels("too_big").inc()
+            self._set_post_data_state()
+            await self.push(TOO_BIG)
+            return
+        self.envelope.received = received  # type: ignore[attr-defined]  # read by GatewayHandler
+        try:
+            status = await self._call_handler_hook("DATA")
+        finally:
+            received.close()
+        self._set_post_data_state()
+        await self.push(status)
 
     def connection_lost(self, error: Exception | None) -> None:
         if self._admitted_ip is None:
@@ -172,6 +204,14 @@ class GatewayHandler:
         self.tls = tls
         self.inbox = inbox
         self.on_accepted = on_accepted
+        self.memory = data.MemoryBudget(MEMORY_BUDGET)
+        # Where DATA beyond data.IN_MEMORY waits for its commit: in the spool directory, on the state disk
+        # (the system's temporary directory if the spool is unusable: that is answered when spooling).
+        self.data_dir: str | None = config.store.spool_dir
+        try:
+            Path(config.store.spool_dir).mkdir(parents=True, exist_ok=True)
+        except OSError:
+            self.data_dir = None
 
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
@@ -189,13 +229,16 @@ class GatewayHandler:
         return RCPT_OK
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        raw = envelope.original_content or b""
+        received: data.ReceivedData = envelope.received  # type: ignore[attr-defined]
         started = time.monotonic()
         try:
-            result = await self.inbox.append(
-                bytes(raw),
-                InboxEnvelope(envelope.mail_from or "", tuple(envelope.rcpt_tos), _ip(session)),
-            )
+            if received.on_disk:
+                async with self.memory.reserve(received.size):
+                    raw = await asyncio.to_thread(received.read)
+                    result = await self._append(raw, envelope, session)
+            else:
+                raw = received.read()
+                result = await self._append(raw, envelope, session)
         except TransientError:
             log.error("refused: reason=store_unavailable client=%s size=%d", _ip(session), len(raw))
             metrics.REFUSED.labels("store_unavailable").inc()
@@ -213,6 +256,11 @@ class GatewayHandler:
         if self.on_accepted is not None:
             self.on_accepted()
         return OK.format(uid=result.uid)
+
+    async def _append(self, raw: bytes, envelope: Envelope, session: Session) -> AppendResult:
+        return await self.inbox.append(
+            raw, InboxEnvelope(envelope.mail_from or "", tuple(envelope.rcpt_tos), _ip(session))
+        )
 
     async def handle_exception(self, error: Exception) -> str:
         # Never 500: a 5xx tells the sender to give up on a message we simply failed to take.

@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import text
 
+from gateway.data import STREAM_LIMIT
 from gateway.intake import prepare
 from parsers.case_ref import find_case_ids, find_case_ids_in_body
 from parsers.escape import escape_text
@@ -271,3 +272,40 @@ def test_hostile_envelope_sender_is_stored_and_does_not_stall_intake(
     by_digest = {m["sha256"]: m for case in gateway.store.export_cases() for m in case["messages"]}
     assert set(by_digest) == {sha(raw), sha(after)}
     assert by_digest[sha(raw)]["sender"].endswith("@example.net")  # kept, with the odd bytes escaped
+
+
+# ---- DATA read in 64 KB pieces (gateway/data.py): line breaks and dots at the piece boundaries ------------
+
+
+@pytest.mark.parametrize("offset", [-2, -1, 0, 1, 2])
+def test_line_break_and_dot_at_the_stream_limit_are_kept_exactly(
+    gateway: RunningGateway, offset: int
+) -> None:
+    # A line just around the 64 KB read limit: its CRLF may arrive split across two reads. The next line
+    # starts with a dot (stuffed on the wire, one dot stored); a dot inside the long line is content.
+    head = b"From: reporter@example.net\r\nSubject: long line\r\n\r\n"
+    long_line = b"x" * (STREAM_LIMIT + offset - len(head) - 40) + b".not-a-line-start" + b"y" * 20
+    raw = head + long_line + b"\r\n.leading dot line\r\n..two dots\r\nend\r\n"
+    reply, _ = send_exact(gateway.port, raw)
+    assert reply.startswith(b"250 2.0.0"), reply
+    gateway.wait_idle()
+    assert inbox_raws(gateway) == [raw]
+
+
+def test_a_message_over_the_size_limit_gets_552_after_its_dot_and_the_session_goes_on(
+    gateway_factory, sqlite_url
+):
+    gateway = gateway_factory(sqlite_url, smtp={"max_message_bytes": 200_000})
+    sock = open_data(gateway.port)
+    try:
+        sock.sendall(b"Subject: big\r\n\r\n" + (b"z" * 998 + b"\r\n") * 300 + b".\r\n")
+        assert read_reply(sock).startswith(b"552 5.3.4"), "over the limit"
+        for command in (b"MAIL FROM:<reporter@example.net>", b"RCPT TO:<abuse@example.org>", b"DATA"):
+            sock.sendall(command + b"\r\n")
+            assert read_reply(sock)[:3] in (b"250", b"354"), command
+        sock.sendall(b"Subject: small\r\n\r\nfits\r\n.\r\n")
+        assert read_reply(sock).startswith(b"250 2.0.0")
+    finally:
+        sock.close()
+    gateway.wait_idle()
+    assert inbox_raws(gateway) == [b"Subject: small\r\n\r\nfits\r\n"]
