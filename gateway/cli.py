@@ -6,6 +6,7 @@ Exit codes: 0 done, 1 not found, 2 bad usage or configuration, 75 (EX_TEMPFAIL) 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -25,6 +26,16 @@ from gateway.config import Config, ConfigError, effective_settings, load_config,
 EX_OK, EX_NOTFOUND, EX_USAGE, EX_TEMPFAIL = 0, 1, 2, 75
 # A backlog import commits this many messages per transaction (one fsync each), then processes them.
 INGEST_CHUNK = 256
+# Intake children for a directory import: this machine's two cores are the design point; the parent
+# reading files and writing the inbox is the third party at the table.
+INGEST_HELPERS = 2
+
+
+class _Waker:
+    """Stands in for the in-process worker when children do the processing: `drain` only wakes them."""
+
+    def __init__(self, wake: Callable[[], None]) -> None:
+        self.drain = wake
 
 
 def _setup_logging(level: str) -> None:
@@ -154,11 +165,16 @@ def ingest(
     rcpts = recipients or (config.intake.addresses[:1] or ("abuse@localhost",))
     envelope = Envelope(sender, tuple(rcpts), "ingest")
     log = logging.getLogger("abuse_gateway.ingest")
-    store, worker = None, None
+    # A directory or Maildir is a backlog: intake children process it while this process reads files and
+    # writes the inbox. A single message (an MTA pipe) is processed here, without starting anything.
+    backlog = bool(paths) and config.intake.mode == "process"
+    store: Any = None
+    worker: Any = None
     try:
         store = build_store(config)
         check_store(store.engine)
-        worker = IntakeWorker(config, store, build_threader(config))
+        if not backlog:
+            worker = IntakeWorker(config, store, build_threader(config))
     except Exception as exc:  # unreachable or not upgraded: keep every message in the spool instead
         log.warning("store unavailable: error=%s; spooling", type(exc).__name__)
         store = None
@@ -180,12 +196,19 @@ def ingest(
         raws.clear()
 
     try:
-        chunk: list[bytes] = []
-        for _name, raw in sources:
-            chunk.append(raw)
-            if len(chunk) >= INGEST_CHUNK:
-                flush(chunk)
-        flush(chunk)
+        with contextlib.ExitStack() as stack:
+            if store is not None and backlog:
+                from gateway.intake_process import helpers
+
+                store.engine.dispose()  # no SQLite connection may cross the fork
+                level = logging.getLevelName(log.getEffectiveLevel())
+                worker = _Waker(stack.enter_context(helpers(config, INGEST_HELPERS, level)))
+            chunk: list[bytes] = []
+            for _name, raw in sources:
+                chunk.append(raw)
+                if len(chunk) >= INGEST_CHUNK:
+                    flush(chunk)
+            flush(chunk)
     except (TransientError, OSError) as exc:
         click.echo(f"abuse-gateway: store and spool unavailable: {type(exc).__name__}", err=True)
         ctx.exit(EX_TEMPFAIL)
