@@ -235,6 +235,7 @@ class Run:
         after_smtp = gw.status()
         drained, _ = self.probe.wait_drained(before, plan.rss_drain)
         final = gw.status()
+        children = gw.children_status()
         lag = self.probe.lag(before)
         self.results["rss"] = {
             "sessions": plan.rss_sessions,
@@ -242,7 +243,11 @@ class Run:
             "load": res.summary(),
             "rss_idle_mb": round(base.get("VmRSS", 0) / 1024, 1),
             "hwm_after_smtp_mb": round(after_smtp.get("VmHWM", 0) / 1024, 1),
-            "hwm_mb": round(final.get("VmHWM", 0) / 1024, 1),
+            "hwm_listener_mb": round(final.get("VmHWM", 0) / 1024, 1),
+            "hwm_intake_mb": round(children.get("VmHWM", 0) / 1024, 1),
+            "intake_processes": children.get("count", 0),
+            # The figure the target reads: the listener's peak plus its intake process's.
+            "hwm_mb": round((final.get("VmHWM", 0) + children.get("VmHWM", 0)) / 1024, 1),
             "processed": lag.get("processed"),
             "drained": drained,
             "lag": lag,

@@ -74,7 +74,8 @@ def print_sections(results: dict[str, Any]) -> None:
     if rss:
         print(
             f"\n== peak RSS, {rss.get('sessions')} sessions × {size_label(rss.get('size', 0))}: "
-            f"after SMTP {_f(rss.get('hwm_after_smtp_mb'))} MB, after processing {_f(rss.get('hwm_mb'))} MB "
+            f"listener after SMTP {_f(rss.get('hwm_after_smtp_mb'))} MB, at the end {_f(rss.get('hwm_listener_mb'))}"
+            f" MB + intake {_f(rss.get('hwm_intake_mb'))} MB = {_f(rss.get('hwm_mb'))} MB "
             f"(accepted {rss.get('load', {}).get('ok')}, p99 {_f(rss.get('load', {}).get('p99_ms'))} ms, "
             f"processed {rss.get('processed')})"
         )

@@ -107,6 +107,19 @@ class Server:
                     out[key] = int(value.split()[0])
         return out
 
+    def children_status(self) -> dict[str, int]:
+        """VmRSS / VmHWM (kB) summed over the server's child processes (the gateway's intake process).
+        A sum of peaks bounds the peak of the sum from above: the honest side to err on."""
+        out = {"VmRSS": 0, "VmHWM": 0, "count": 0}
+        for child in _children(self.pid):
+            with contextlib.suppress(OSError):
+                for line in Path(f"/proc/{child}/status").read_text().splitlines():
+                    key, _, value = line.partition(":")
+                    if key in ("VmRSS", "VmHWM"):
+                        out[key] += int(value.split()[0])
+                out["count"] += 1
+        return out
+
     def stop(self, timeout: float = 40.0) -> None:
         if self.proc.poll() is not None:
             return
@@ -116,6 +129,15 @@ class Server:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(10)
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError):
+                found += [int(c) for c in (task / "children").read_text().split()]
+    return found
 
 
 def _spawn(name: str, argv: list[str], port: int, log_path: Path, timeout: float = 30.0) -> Server:

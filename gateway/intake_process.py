@@ -35,6 +35,7 @@ log = logging.getLogger("abuse_gateway.intake_process")
 
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 _CONTEXT = multiprocessing.get_context("spawn")  # no fork of a process holding threads, sockets, a loop
+_EXTRA_NICENESS = 10
 Summary = tuple[int, str, int, bool, str, str, bool, datetime | None]
 
 
@@ -51,10 +52,19 @@ def _die_with_parent(parent_pid: int) -> None:
 
 
 def _child(
-    config: Config, wake: ProcessEvent, stop: ProcessEvent, results: Any, level: str, parent_pid: int
+    config: Config,
+    wake: ProcessEvent,
+    stop: ProcessEvent,
+    results: Any,
+    level: str,
+    parent_pid: int,
+    niceness: int = 0,
 ) -> None:
     """The child's whole life: claim, process, report; until told to stop and the inbox is drained."""
     _die_with_parent(parent_pid)
+    if niceness:
+        with contextlib.suppress(OSError):
+            os.nice(niceness)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop (Ctrl-C, SIGTERM)
@@ -155,15 +165,18 @@ class IntakeProcess:
         self._closing = False
 
     def start(self) -> None:
-        self._processes = [self._spawn() for _ in range(self.config.intake.processes)]
+        self._processes = [self._spawn(n) for n in range(self.config.intake.processes)]
         self._reader = threading.Thread(target=self._read_results, name="intake-results", daemon=True)
         self._reader.start()
         self._monitor = asyncio.get_running_loop().create_task(self._watch(), name="intake-monitor")
 
-    def _spawn(self) -> Any:
+    def _spawn(self, index: int) -> Any:
+        # The first child runs at the listener's priority; the others only take CPU the listener and the
+        # first child leave (os.nice): under a flood they must not slow the 250s down.
+        niceness = 0 if index == 0 else _EXTRA_NICENESS
         process = _CONTEXT.Process(
             target=_child,
-            args=(self.config, self._wake, self._stop, self._results, self.level, os.getpid()),
+            args=(self.config, self._wake, self._stop, self._results, self.level, os.getpid(), niceness),
             name="abuse-gateway-intake",
             daemon=True,
         )
@@ -214,7 +227,7 @@ class IntakeProcess:
             backoff = min(backoff * 2, 60.0)
             if not self._closing:
                 for n in dead:
-                    self._processes[n] = self._spawn()
+                    self._processes[n] = self._spawn(n)
 
     async def stop(self, grace: float = 30.0) -> None:
         """Let the child drain the inbox and exit; past `grace`, terminate it (its work stays pending)."""
