@@ -39,6 +39,7 @@ def preload(db_path: Path, n: int, *, chunk: int = 5000, time_limit: float = 900
     empty = json.dumps([])
     rcpt = json.dumps([messages.RECIPIENT])
     done = 0
+    minted: set[str] = set()
     case_pk = base_case
     index = 0
     while done < n and time.monotonic() - started < time_limit:
@@ -54,10 +55,14 @@ def preload(db_path: Path, n: int, *, chunk: int = 5000, time_limit: float = 900
                 case_pk += 1
                 index = 0
                 host = f"login-{i}.bad{i % 977}.example"
+                case_id = new_case_id("ABU")
+                while case_id in minted:  # 35 random bits: a quarter million IDs meet about once
+                    case_id = new_case_id("ABU")
+                minted.add(case_id)
                 case_rows.append(
                     (
                         case_pk,
-                        new_case_id("ABU"),
+                        case_id,
                         "open" if i % 3 else "closed",
                         f"reporter{i % 997}@reporter.example.net",
                         f"Phishing at {host}",
