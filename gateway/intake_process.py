@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import ctypes.util
 import logging
 import multiprocessing
 import os
@@ -28,27 +26,15 @@ from datetime import datetime
 from multiprocessing.synchronize import Event as ProcessEvent
 from typing import Any
 
+from gateway import children
 from gateway.config import Config
 from storage.store import Committed
 
 log = logging.getLogger("abuse_gateway.intake_process")
 
-_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
-_CONTEXT = multiprocessing.get_context("spawn")  # no fork of a process holding threads, sockets, a loop
+_CONTEXT = children.CONTEXT
 _EXTRA_NICENESS = 10
 Summary = tuple[int, str, int, bool, str, str, bool, datetime | None]
-
-
-def _die_with_parent(parent_pid: int) -> None:
-    """A child must never outlive its gateway: an orphan would keep processing with a stale config (a
-    SIGKILLed parent leaves one otherwise). Linux: the kernel sends SIGKILL when the parent dies; the loop
-    below also checks the parent pid, for the race before prctl and for other systems. Dying abruptly is
-    safe: the inbox is durable, an open transaction rolls back, and the next start frees the claims."""
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent_pid:
-        os._exit(1)
 
 
 def _child(
@@ -61,7 +47,7 @@ def _child(
     niceness: int = 0,
 ) -> None:
     """The child's whole life: claim, process, report; until told to stop and the inbox is drained."""
-    _die_with_parent(parent_pid)
+    children.die_with_parent(parent_pid)
     if niceness:
         with contextlib.suppress(OSError):
             os.nice(niceness)
@@ -168,7 +154,10 @@ class IntakeProcess:
         self._processes = [self._spawn(n) for n in range(self.config.intake.processes)]
         self._reader = threading.Thread(target=self._read_results, name="intake-results", daemon=True)
         self._reader.start()
-        self._monitor = asyncio.get_running_loop().create_task(self._watch(), name="intake-monitor")
+        self._monitor = asyncio.get_running_loop().create_task(
+            children.supervise(self._processes, self._spawn, lambda: self._closing, "intake"),
+            name="intake-monitor",
+        )
 
     def _spawn(self, index: int) -> Any:
         # The first child runs at the listener's priority; the others only take CPU the listener and the
@@ -186,6 +175,11 @@ class IntakeProcess:
 
     def wake(self) -> None:
         self._wake.set()
+
+    @property
+    def wake_event(self) -> ProcessEvent:
+        """For the other listener processes, whose inboxes wake the intake children themselves."""
+        return self._wake
 
     def reload(self) -> None:
         for process in self._processes:
@@ -207,27 +201,6 @@ class IntakeProcess:
             except (EOFError, OSError):
                 return
             self.on_committed([Committed(*item) for item in batch])
-
-    async def _watch(self) -> None:
-        backoff = 1.0
-        while not self._closing:
-            await asyncio.sleep(1.0)
-            if self._closing or self.alive():
-                backoff = 1.0
-                continue
-            dead = [n for n, p in enumerate(self._processes) if not p.is_alive()]
-            for n in dead:
-                log.error(
-                    "intake process died: pid=%s exitcode=%s; restarting in %.0fs",
-                    self._processes[n].pid,
-                    self._processes[n].exitcode,
-                    backoff,
-                )
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 60.0)
-            if not self._closing:
-                for n in dead:
-                    self._processes[n] = self._spawn(n)
 
     async def stop(self, grace: float = 30.0) -> None:
         """Let the child drain the inbox and exit; past `grace`, terminate it (its work stays pending)."""
@@ -264,7 +237,7 @@ def helpers(config: Config, count: int, level: str = "WARNING") -> Iterator[Call
     a process with a loop, threads and sockets)."""
     context = multiprocessing.get_context("fork")
     wake, stop = context.Event(), context.Event()
-    children = [
+    processes = [
         context.Process(
             target=_child,
             args=(config, wake, stop, None, level, os.getpid()),
@@ -273,12 +246,12 @@ def helpers(config: Config, count: int, level: str = "WARNING") -> Iterator[Call
         )
         for _ in range(count)
     ]
-    for child in children:
+    for child in processes:
         child.start()
     try:
         yield wake.set
     finally:
         stop.set()
         wake.set()
-        for child in children:
+        for child in processes:
             child.join()

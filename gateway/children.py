@@ -1,0 +1,63 @@
+"""What every child process of `serve` shares: it dies with its gateway, and the gateway restarts it.
+
+The intake processes (gateway/intake_process.py) and the extra listener processes (gateway/listeners.py)
+are both spawned, never forked: `serve` holds a loop, threads and sockets, none of which survive a fork.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import ctypes.util
+import logging
+import multiprocessing
+import os
+import signal
+from collections.abc import Callable
+from typing import Any
+
+log = logging.getLogger("abuse_gateway.children")
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+CONTEXT = multiprocessing.get_context("spawn")
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """A child must never outlive its gateway: an orphan would keep working with a stale config (a
+    SIGKILLed parent leaves one otherwise). Linux: the kernel sends SIGKILL when the parent dies; callers
+    also check the parent pid in their loops, for the race before prctl and for other systems. Dying
+    abruptly is safe: the inbox is durable, an open transaction rolls back, and the next start frees the
+    claims."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
+async def supervise(
+    processes: list[Any], spawn: Callable[[int], Any], closing: Callable[[], bool], what: str
+) -> None:
+    """Start again, in place, any of `processes` that died, with a backoff (1 s doubling to 60 s) so a
+    child that cannot start (the store is down, a bad config after reload) does not spin."""
+    backoff = 1.0
+    while not closing():
+        await asyncio.sleep(1.0)
+        dead = [n for n, p in enumerate(processes) if not p.is_alive()]
+        if closing() or not dead:
+            backoff = 1.0
+            continue
+        for n in dead:
+            log.error(
+                "%s process died: pid=%s exitcode=%s; restarting in %.0fs",
+                what,
+                processes[n].pid,
+                processes[n].exitcode,
+                backoff,
+            )
+        await asyncio.sleep(backoff)
+        backoff = min(backoff * 2, 60.0)
+        if not closing():
+            for n in dead:
+                processes[n] = spawn(n)
