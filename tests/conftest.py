@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import smtplib
+import socket
 import subprocess
 import threading
 import time
@@ -35,6 +36,24 @@ PG_URL = os.environ.get("ABUSE_GATEWAY_TEST_PG")
 
 def load_eml(name: str) -> bytes:
     return (DATA / name).read_bytes()
+
+
+def free_port() -> int:
+    """A port for a `serve` subprocess's config (free now; nothing holds it for the test)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    pytest.fail("serve did not start listening")
 
 
 @pytest.fixture

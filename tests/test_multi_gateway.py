@@ -19,16 +19,10 @@ from gateway.config import load_config
 from gateway.service import build_store
 from storage import schema
 from storage.models import InboxEntry
-from tests.conftest import PG_URL, Sink, reset_postgres
+from tests.conftest import PG_URL, Sink, free_port, reset_postgres
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(not PG_URL, reason="ABUSE_GATEWAY_TEST_PG is not set")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _start(tmp: Path, name: str, port: int, sink: Sink) -> tuple[subprocess.Popen[bytes], Path]:
@@ -79,7 +73,7 @@ def test_two_gateways_share_one_postgresql(tmp_path: Path, smtp_sink: Sink) -> N
     reset_postgres(PG_URL)
     store = build_store(load_config(None, environ={"ABUSE_GATEWAY_STORE_URL": PG_URL}))
     schema.upgrade(store.engine)
-    ports = [_free_port(), _free_port()]
+    ports = [free_port(), free_port()]
     procs = [_start(tmp_path, f"gw{i}", port, smtp_sink)[0] for i, port in enumerate(ports)]
     # Each gateway's intake runs in a spawned process; sharing the inbox needs both of them running.
     logs = [tmp_path / f"gw{i}" / "stderr.log" for i in range(2)]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import signal
 import smtplib
-import socket
 import ssl
 import subprocess
 import sys
@@ -13,9 +12,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-import pytest
-
-from tests.conftest import RunningGateway, load_eml, self_signed_pair
+from tests.conftest import RunningGateway, free_port, load_eml, self_signed_pair, wait_for_port
 
 ROOT = Path(__file__).resolve().parents[1]
 REPORT = load_eml("report_phishing.eml")
@@ -38,12 +35,6 @@ def _served_cert(port: int) -> str:
 
 def _fingerprint(cert: Path) -> str:
     return hashlib.sha256(ssl.PEM_cert_to_DER_cert(cert.read_text())).hexdigest()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_starttls_upgrades_with_the_configured_certificate(
@@ -72,7 +63,7 @@ def test_require_tls_refuses_mail_before_starttls(gateway_factory, sqlite_url: s
 
 def test_sighup_picks_up_a_new_certificate_and_new_addresses(tmp_path: Path) -> None:
     cert, key = self_signed_pair(tmp_path, "mx-old")
-    port = _free_port()
+    port = free_port()
     config = tmp_path / "gateway.toml"
 
     def write_config(addresses: list[str]) -> None:
@@ -94,7 +85,7 @@ def test_sighup_picks_up_a_new_certificate_and_new_addresses(tmp_path: Path) -> 
         [sys.executable, "-m", "gateway", "serve", "--config", str(config)], cwd=ROOT, stderr=subprocess.PIPE
     )
     try:
-        _wait_for_port(port)
+        wait_for_port(port)
         old = _fingerprint(cert)
         assert _served_cert(port) == old
         new_cert, new_key = self_signed_pair(tmp_path, "mx-new")
@@ -118,7 +109,7 @@ def test_sighup_picks_up_a_new_certificate_and_new_addresses(tmp_path: Path) -> 
 
 
 def test_metrics_endpoint_counts_mail_without_content(gateway_factory, sqlite_url: str) -> None:
-    port = _free_port()
+    port = free_port()
     gateway: RunningGateway = gateway_factory(sqlite_url, metrics={"listen": f"127.0.0.1:{port}"})
     gateway.send(REPORT)
     with smtplib.SMTP("127.0.0.1", gateway.port, timeout=10) as client:
@@ -139,14 +130,3 @@ def test_metrics_endpoint_counts_mail_without_content(gateway_factory, sqlite_ur
     ):
         assert line in body, line
     assert "login-bank" not in body and "reporter@example.net" not in body
-
-
-def _wait_for_port(port: int, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    pytest.fail("serve did not start listening")
