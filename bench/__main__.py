@@ -62,6 +62,8 @@ class Run:
             "quick": self.plan.quick,
             "host": {"python": platform.python_version(), "cpus": os.cpu_count(), "load": os.getloadavg()},
             "client_procs": self.procs,
+            "workers": args.workers,
+            "env": {k: v for k, v in os.environ.items() if k.startswith("ABUSE_GATEWAY_")},
             "log_level": args.log_level,
             "workdir": str(self.workdir),
             "plan": self.plan.__dict__,
@@ -112,7 +114,7 @@ class Run:
 
     def start_gateway(self) -> servers.Server:
         port = int(self.config.read_text().split("127.0.0.1:")[1].split('"')[0])
-        self.gateway = servers.start_gateway(self.workdir, self.config, port)
+        self.gateway = servers.start_gateway(self.workdir, self.config, port, self.args.workers)
         return self.gateway
 
     def stop_gateway(self) -> None:
@@ -336,6 +338,9 @@ def main(argv: list[str] | None = None) -> int:
         default="INFO",
         choices=("DEBUG", "INFO", "WARNING", "ERROR"),
         help="gateway log level (INFO, the production default)",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=1, help="listener processes: `serve --workers N` (SO_REUSEPORT)"
     )
     parser.add_argument("--max-minutes", type=float, default=0, help="skip phases not started by then")
     parser.add_argument("--tmp", default=None, help="parent of the scratch directory")

@@ -108,7 +108,7 @@ class Server:
         return out
 
     def children_status(self) -> dict[str, int]:
-        """VmRSS / VmHWM (kB) summed over the server's child processes (the gateway's intake process).
+        """VmRSS / VmHWM (kB) summed over the server's child processes (intake and listener processes).
         A sum of peaks bounds the peak of the sum from above: the honest side to err on."""
         out = {"VmRSS": 0, "VmHWM": 0, "count": 0}
         for child in _children(self.pid):
@@ -155,8 +155,8 @@ def _spawn(name: str, argv: list[str], port: int, log_path: Path, timeout: float
     return server
 
 
-def start_gateway(workdir: Path, config: Path, port: int) -> Server:
-    argv = [sys.executable, "-m", "gateway", "serve", "--config", str(config)]
+def start_gateway(workdir: Path, config: Path, port: int, workers: int = 1) -> Server:
+    argv = [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--workers", str(workers)]
     return _spawn("gateway", argv, port, workdir / "gateway.log")
 
 

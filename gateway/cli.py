@@ -103,11 +103,19 @@ def main(ctx: click.Context, config_path: str | None) -> None:
 
 @main.command()
 @config_option
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=None,
+    help="Listener processes on the same addresses (SO_REUSEPORT); overrides [smtp] workers.",
+)
 @click.pass_context
-def serve(ctx: click.Context, config_path: str | None) -> None:
+def serve(ctx: click.Context, config_path: str | None, workers: int | None) -> None:
     """Run the listener and the workers in the foreground (systemd runs this)."""
     _remember_config(ctx, config_path)
     config = _config(ctx)
+    if workers is not None:
+        config = config.model_copy(update={"smtp": config.smtp.model_copy(update={"workers": workers})})
     from gateway.service import StoreNotReady, run_service
 
     for note in warnings_for(config):

@@ -42,7 +42,8 @@ class SmtpConfig(_Section):
     max_message_bytes: int = Field(default=26_214_400, gt=0)
     # RFC 5321 §4.5.3.1.8 asks servers to accept at least 100; a report needs few, a spam run many.
     max_recipients: int = Field(default=50, gt=0)
-    # aiosmtpd holds each DATA in memory (about 4x its size at peak), so sessions x size bounds memory.
+    # Each session holds up to 256 KB of DATA in memory (beyond that a temporary file in the spool
+    # directory: gateway/data.py), and large messages are read back under a 64 MB budget.
     max_sessions: int = Field(default=200, gt=0)
     max_sessions_per_ip: int = Field(default=20, gt=0)
     # Idle timeout per command (RFC 5321 §4.5.3.2 suggests 5 minutes) and a hard cap on a whole session.
@@ -51,6 +52,8 @@ class SmtpConfig(_Section):
     tls_cert: str | None = None
     tls_key: str | None = None
     require_tls: bool = False
+    # Listener processes on the same addresses (SO_REUSEPORT; `serve --workers`): gateway/listeners.py.
+    workers: int = Field(default=1, ge=1, le=64)
 
     @field_validator("listen")
     @classmethod

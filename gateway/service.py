@@ -1,5 +1,7 @@
 """The process: one asyncio loop holding the listener, the inbox writer, the intake worker, the spool
-replayer and the confirmation worker; start-up checks, signals and systemd notification.
+replayer and the confirmation worker; start-up checks, signals and systemd notification. The intake
+worker runs in processes of its own by default (gateway/intake_process.py), and `[smtp] workers` adds
+listener processes beside this one (gateway/listeners.py).
 
 Start-up order is what makes READY=1 true: the store is reachable and at the current schema, the
 listeners are bound, then the workers start and systemd is told (sd_notify, `Type=notify`).
@@ -13,17 +15,18 @@ import logging
 import os
 import signal
 import ssl
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from sqlalchemy import Engine
 
-from gateway import metrics, sdnotify
+from gateway import listeners, metrics, sdnotify
 from gateway.config import Config, ConfigError, load_config
 from gateway.confirm import ConfirmWorker
 from gateway.intake import IntakeWorker, ParseFn, default_parser
 from gateway.intake_process import IntakeProcess
+from gateway.listeners import ListenerProcesses
 from gateway.smtp import ConnectionLimits, GatewayHandler, start_listeners, tls_context
 from gateway.threader import Threader
 from parsers.case_ref import new_case_id
@@ -66,6 +69,20 @@ def build_threader(config: Config) -> Threader:
     )
 
 
+def build_inbox(
+    config: Config, engine: Engine, spool: Spool, on_stored: Callable[[Iterable[int]], None]
+) -> Inbox:
+    """The durable front of every listener process: group commit to the store, the spool when it fails."""
+    return Inbox(
+        engine,
+        spool,
+        commit_budget=config.store.commit_budget,
+        group_window=config.store.group_commit_ms / 1000,
+        on_stored=on_stored,
+        on_error=lambda operation: metrics.STORE_ERRORS.labels(operation).inc(),
+    )
+
+
 @dataclass
 class Service:
     config: Config
@@ -81,6 +98,7 @@ class Service:
         self.spool = Spool(self.config.store.spool_dir)
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self.listeners: ListenerProcesses | None = None
 
     @property
     def ports(self) -> list[int]:
@@ -107,21 +125,26 @@ class Service:
             on_committed=lambda done: self._committed(loop, done),
             on_failure=metrics.PROCESSING_FAILED.inc,
         )
-        self.inbox = Inbox(
-            self.engine,
-            self.spool,
-            commit_budget=self.config.store.commit_budget,
-            group_window=self.config.store.group_commit_ms / 1000,
-            on_stored=lambda _ids: self._wake_intake(),
-            on_error=lambda operation: metrics.STORE_ERRORS.labels(operation).inc(),
+        self.inbox = build_inbox(
+            self.config, self.engine, self.spool, on_stored=lambda _ids: self._wake_intake()
         )
         self.inbox.start()
         self.handler = GatewayHandler(self.config, self.inbox, tls=tls_context(self.config))
-        self.servers, self.limits = await start_listeners(self.config, self.handler, sdnotify.listen_fds())
+        workers = self.config.smtp.workers
+        activated = sdnotify.listen_fds()
+        sockets = activated or (listeners.bind(self.config.smtp.listen) if workers > 1 else None)
+        self.servers, self.limits = await start_listeners(
+            self.config, self.handler, sockets, processes=workers
+        )
         if self.intake_process is not None:
             self.intake_process.start()
         else:
             self.worker.start()
+        if workers > 1 and sockets:
+            # Their inboxes wake the intake processes directly; the thread worker finds their mail by polling.
+            wake = self.intake_process.wake_event if self.intake_process is not None else None
+            self.listeners = ListenerProcesses(self.config, sockets, inherited=bool(activated), wake=wake)
+            await self.listeners.start()
         self._tasks.append(
             asyncio.get_running_loop().create_task(self._replay_spool(), name="spool-replayer")
         )
@@ -132,7 +155,12 @@ class Service:
             metrics.serve_metrics(self.config.metrics.listen)
             self._tasks.append(loop.create_task(self._refresh_gauges(), name="metrics"))
         self._install_signals()
-        log.info("serving: listen=%s store=%s", ",".join(self.config.smtp.listen), self.engine.dialect.name)
+        log.info(
+            "serving: listen=%s store=%s workers=%d",
+            ",".join(self.config.smtp.listen),
+            self.engine.dialect.name,
+            workers,
+        )
         sdnotify.notify("READY=1")
         self.ready.set()
         if self.on_ready is not None:
@@ -188,6 +216,8 @@ class Service:
         self.worker.config = new
         if self.intake_process is not None:
             self.intake_process.reload()
+        if self.listeners is not None:
+            self.listeners.reload()
         self.threader.prefix = new.intake.case_prefix
         if new.confirm.enabled:
             from gateway.confirm import confirm_policy
@@ -248,8 +278,15 @@ class Service:
         sdnotify.notify("STOPPING=1")
         for server in self.servers:
             server.close()
+        # The other listener processes wind down at the same time; their inboxes are flushed before the
+        # intake processes are told to drain, so what they accepted is processed too.
+        others = None
+        if self.listeners is not None:
+            others = asyncio.get_running_loop().create_task(self.listeners.stop(grace))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._sessions_done(), grace)
+        if others is not None:
+            await others
         await self.inbox.close()
         if self.intake_process is not None:
             await self.intake_process.stop(grace)

@@ -307,12 +307,17 @@ def protocol_factory(handler: GatewayHandler, limits: ConnectionLimits) -> Calla
 
 
 async def start_listeners(
-    config: Config, handler: GatewayHandler, sockets: list[socket.socket] | None = None
+    config: Config,
+    handler: GatewayHandler,
+    sockets: list[socket.socket] | None = None,
+    *,
+    processes: int = 1,
 ) -> tuple[list[asyncio.Server], ConnectionLimits]:
     """Bind every `listen` address in the running loop (no aiosmtpd Controller: one loop, no thread), or
-    serve the sockets systemd handed over (socket activation)."""
+    serve the given sockets (socket activation, or a SO_REUSEPORT group of `processes` listener
+    processes: each admits its share of `max_sessions`)."""
     logging.getLogger("mail.log").setLevel(logging.WARNING)  # its INFO lines cost ~25 % of throughput
-    limits = ConnectionLimits(config.smtp.max_sessions, config.smtp.max_sessions_per_ip)
+    limits = ConnectionLimits(-(-config.smtp.max_sessions // processes), config.smtp.max_sessions_per_ip)
     factory = protocol_factory(handler, limits)
     loop = asyncio.get_running_loop()
     servers = []
