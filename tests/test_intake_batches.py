@@ -33,7 +33,7 @@ def test_one_huge_message_is_a_transaction_of_its_own_never_split() -> None:
 
 
 def test_small_reports_share_a_transaction_up_to_the_message_limit() -> None:
-    assert [len(p) for p in transactions([_item(n, indicators=5) for n in range(100)])] == [64, 36]
+    assert [len(p) for p in transactions([_item(n, indicators=5) for n in range(100)])] == [16] * 6 + [4]
 
 
 def test_claim_stops_at_a_megabyte_of_raw_messages_but_always_takes_one(tmp_path) -> None:
