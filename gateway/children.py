@@ -61,3 +61,11 @@ async def supervise(
         if not closing():
             for n in dead:
                 processes[n] = spawn(n)
+
+
+async def cancel(task: asyncio.Task[None] | None) -> None:
+    """Stop a supervising task (before stopping its children, so it does not start them again)."""
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -205,10 +205,7 @@ class IntakeProcess:
     async def stop(self, grace: float = 30.0) -> None:
         """Let the child drain the inbox and exit; past `grace`, terminate it (its work stays pending)."""
         self._closing = True
-        if self._monitor is not None:
-            self._monitor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._monitor
+        await children.cancel(self._monitor)
         self._stop.set()
         self._wake.set()
         loop = asyncio.get_running_loop()

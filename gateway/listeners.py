@@ -222,10 +222,7 @@ class ListenerProcesses:
     async def stop(self, grace: float = 30.0) -> None:
         """Each finishes its sessions (up to `grace`) and flushes its inbox before it exits."""
         self._closing = True
-        if self._monitor is not None:
-            self._monitor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._monitor
+        await children.cancel(self._monitor)
         for pid in self.pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)

@@ -125,15 +125,21 @@ def _wait_cases(config: Path, count: int, timeout: float = 30.0) -> int:
     return found
 
 
+def _sessions_on_both(stack: ExitStack, proc: subprocess.Popen[bytes], port: int) -> list[smtplib.SMTP]:
+    """24 sessions past EHLO, held by both listener processes (the kernel hashes each connection to one
+    socket of the group: all 24 on one process has a chance of 2 in 16 million)."""
+    clients = [stack.enter_context(smtplib.SMTP("127.0.0.1", port, timeout=30)) for _ in range(24)]
+    for client in clients:
+        client.ehlo("client.test")
+    holders = _owners(proc.pid, _sockets_on(port, _ESTABLISHED))
+    assert len(holders) == 2, holders
+    return clients
+
+
 def test_two_workers_share_connections_and_store_every_report(two_workers) -> None:
     proc, port, config = two_workers
     with ExitStack() as stack:
-        clients = [stack.enter_context(smtplib.SMTP("127.0.0.1", port, timeout=10)) for _ in range(24)]
-        for client in clients:
-            client.ehlo("client.test")
-        # 24 connections hashed over two sockets: all on one process has a chance of 2 in 16 million.
-        holders = _owners(proc.pid, _sockets_on(port, _ESTABLISHED))
-        assert len(holders) == 2, holders
+        clients = _sessions_on_both(stack, proc, port)
         for n, client in enumerate(clients):
             client.sendmail(f"reporter{n}@example.net", ["abuse@example.org"], _report(n))
     assert _wait_cases(config, 24) == 24
@@ -157,16 +163,13 @@ def test_a_killed_listener_process_is_replaced_and_mail_keeps_flowing(two_worker
 def test_stopping_finishes_a_session_open_on_a_listener_process(two_workers) -> None:
     proc, port, config = two_workers
     with ExitStack() as stack:
-        clients = [stack.enter_context(smtplib.SMTP("127.0.0.1", port, timeout=30)) for _ in range(16)]
+        clients = _sessions_on_both(stack, proc, port)
         for client in clients:
-            client.ehlo("client.test")
             client.mail("reporter@example.net")
             client.rcpt("abuse@example.org")
-        holders = _owners(proc.pid, _sockets_on(port, _ESTABLISHED))
-        assert len(holders) == 2, holders
         proc.send_signal(signal.SIGTERM)  # every process stops accepting, then lets its sessions finish
         time.sleep(1.0)
         for n, client in enumerate(clients):
             assert client.data(_report(n))[0] == 250
     assert proc.wait(60) == 0
-    assert _case_count(config) == 16
+    assert _case_count(config) == 24
