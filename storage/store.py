@@ -324,6 +324,10 @@ class _BatchRows:
                     {"case_pk": case_pk, "kind": indicator.kind, "value": indicator.value, "host": host}
                 )
 
+    def insert(self, session: Session) -> None:
+        if self.indicators:
+            session.execute(insert(IndicatorRow.__table__), self.indicators)
+
 
 def _case_indicators(session: Session, case_pk: int | None) -> set[tuple[str, str]]:
     rows = session.exec(
@@ -481,8 +485,7 @@ class CaseStore:
                     lookup.remember(item.parsed.message_id, item.entry.sha256, committed.case_id)
                 results.append(committed)
                 finished.setdefault(state, []).append(inbox_id)
-            if batch.indicators:
-                session.execute(insert(IndicatorRow.__table__), batch.indicators)
+            batch.insert(session)
             now = _now()
             for state, inbox_ids in finished.items():
                 session.execute(
@@ -648,28 +651,6 @@ class CaseStore:
         )
 
     @staticmethod
-    def _add_indicators(
-        session: Session,
-        case_pk: int | None,
-        indicators: Sequence[tuple[Indicator, str | None]],
-        new_case: bool = False,
-    ) -> None:
-        """Once per case: a new case has none yet, so only an existing one is asked what it knows."""
-        if not indicators:
-            return
-        known = set() if new_case else _case_indicators(session, case_pk)
-        rows = []
-        for indicator, host in indicators:
-            key = (indicator.kind, indicator.value)
-            if key not in known:
-                known.add(key)
-                rows.append(
-                    {"case_pk": case_pk, "kind": indicator.kind, "value": indicator.value, "host": host}
-                )
-        if rows:
-            session.execute(insert(IndicatorRow.__table__), rows)
-
-    @staticmethod
     def _mark_done(session: Session, inbox_id: int, state: str) -> None:
         session.execute(
             update(InboxEntry)
@@ -741,7 +722,9 @@ class CaseStore:
             ).all():
                 session.delete(old)
             self._add_attachments(session, message_pk, parsed.attachments, item.escaped_filenames)
-            self._add_indicators(session, message.case_pk, item.indicators)
+            rows = _BatchRows()
+            rows.add_indicators(session, message.case_pk, item.indicators, new_case=False)
+            rows.insert(session)
             self._mark_done(session, message.inbox_id, "done")
 
     # ---- the desk's views ------------------------------------------------------------------------------

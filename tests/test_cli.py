@@ -215,6 +215,10 @@ def test_reprocess_failed_retries_a_processing_failed_message(
     view = json.loads(invoke(config, "cases", "show", case["case_id"], "--json").output)
     assert "processing_failed" not in view["messages"][0]["flags"]
     assert view["messages"][0]["subject"].startswith("Phishing site")
+    assert view["indicators"]  # the failed attempt indexed nothing; the retry did
+    assert invoke(config, "reprocess", "--all").exit_code == 0
+    again = json.loads(invoke(config, "cases", "show", case["case_id"], "--json").output)
+    assert again["indicators"] == view["indicators"]  # a second pass adds no copies
 
 
 @pytest.mark.skipif(not CORPUS.is_dir(), reason="../shared/corpus is absent")
