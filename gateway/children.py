@@ -36,6 +36,15 @@ def die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
+def begin(parent_pid: int, level: str) -> None:
+    """A child's first steps: tied to its parent, logging like it, deaf to Ctrl-C (the parent decides
+    when children stop, and tells them)."""
+    die_with_parent(parent_pid)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 async def supervise(
     processes: list[Any], spawn: Callable[[int], Any], closing: Callable[[], bool], what: str
 ) -> None:

@@ -47,13 +47,10 @@ def _child(
     niceness: int = 0,
 ) -> None:
     """The child's whole life: claim, process, report; until told to stop and the inbox is drained."""
-    children.die_with_parent(parent_pid)
+    children.begin(parent_pid, level)
     if niceness:
         with contextlib.suppress(OSError):
             os.nice(niceness)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    logging.getLogger("alembic").setLevel(logging.WARNING)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop (Ctrl-C, SIGTERM)
     from gateway.intake import IntakeWorker
     from gateway.service import build_store, build_threader, release_dead_claims
     from storage.engine import make_engine

@@ -32,7 +32,7 @@ import time
 from typing import Any
 
 from gateway import children
-from gateway.config import Config, ConfigError, load_config
+from gateway.config import Config
 
 log = logging.getLogger("abuse_gateway.listeners")
 
@@ -80,17 +80,13 @@ def _child(
     ready: Any,
     level: str,
     parent_pid: int,
-    share: int,
 ) -> None:
-    children.die_with_parent(parent_pid)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    logging.getLogger("alembic").setLevel(logging.WARNING)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
-    asyncio.run(_serve(config, sockets, wake, ready, parent_pid, share))
+    children.begin(parent_pid, level)
+    asyncio.run(_serve(config, sockets, wake, ready, parent_pid))
 
 
 async def _serve(
-    config: Config, sockets: list[socket.socket], wake: Any, ready: Any, parent_pid: int, share: int
+    config: Config, sockets: list[socket.socket], wake: Any, ready: Any, parent_pid: int
 ) -> None:
     from gateway.service import build_inbox
     from gateway.smtp import GatewayHandler, start_listeners, tls_context
@@ -101,13 +97,13 @@ async def _serve(
     inbox = build_inbox(config, engine, Spool(config.store.spool_dir), on_stored=lambda _ids: _set(wake))
     inbox.start()
     handler = GatewayHandler(config, inbox, tls=tls_context(config))
-    servers, limits = await start_listeners(config, handler, sockets, processes=share)
+    servers, limits = await start_listeners(config, handler, sockets, processes=config.smtp.workers)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGHUP, lambda: _reload(handler))
     log.info("listener process ready: pid=%d", os.getpid())
-    ready.set()
+    _set(ready)
     while not stop.is_set() and os.getppid() == parent_pid:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), 1.0)
@@ -128,16 +124,12 @@ def _set(event: Any) -> None:
 def _reload(handler: Any) -> None:
     """SIGHUP, forwarded by the parent: what a listener applies without a restart (addresses, limits,
     the TLS certificate). What needs a restart is logged by the parent."""
-    from gateway.smtp import tls_context
+    from gateway.smtp import reread
 
-    try:
-        config = load_config(handler.config.source)
-        tls = tls_context(config)
-    except (ConfigError, OSError) as exc:
-        log.error("listener reload refused, keeping the running configuration: %s", exc)
-        return
-    handler.config, handler.tls = config, tls
-    logging.getLogger().setLevel(config.log.level)
+    fresh = reread(handler.config)
+    if fresh is not None:
+        handler.config, handler.tls = fresh
+        logging.getLogger().setLevel(fresh[0].log.level)
 
 
 def _ready(process: Any, ready: Any, patience: float) -> bool:
@@ -159,11 +151,7 @@ class ListenerProcesses:
         self.template = template
         self.inherited = inherited
         self.wake = wake
-        self.share = config.smtp.workers
         self._processes: list[Any] = []
-        # A child opens its readiness event by name after it starts: the parent must hold the event
-        # until then, or the semaphore is unlinked under it.
-        self._ready: dict[int, Any] = {}
         self._monitor: asyncio.Task[None] | None = None
         self._closing = False
 
@@ -174,7 +162,10 @@ class ListenerProcesses:
     async def start(self, patience: float = 30.0) -> None:
         """Start them and wait until each accepts: READY=1 must mean every process serves."""
         for _ in range(self.config.smtp.workers - 1):
-            process, ready = self._spawn()
+            # Held here until the child has set it: the child opens the event's semaphore by name, and
+            # the parent dropping it first would unlink it under the child.
+            ready = children.CONTEXT.Event()
+            process = self._spawn(ready)
             if not await asyncio.to_thread(_ready, process, ready, patience):
                 process.kill()
                 raise RuntimeError(
@@ -189,17 +180,16 @@ class ListenerProcesses:
     def _respawn(self, n: int) -> Any:
         """No wait for readiness here (it runs in the loop): the new socket already queues connections."""
         try:
-            return self._spawn()[0]
+            return self._spawn(None)
         except OSError as exc:  # could not bind: the monitor tries again after its backoff
             log.error("listener process not restarted: error=%s", exc)
             return self._processes[n]
 
-    def _spawn(self) -> tuple[Any, Any]:
+    def _spawn(self, ready: Any) -> Any:
         sockets = self.template if self.inherited else [bind_like(s) for s in self.template]
-        ready = children.CONTEXT.Event()
         process = children.CONTEXT.Process(
             target=_child,
-            args=(self.config, sockets, self.wake, ready, self.config.log.level, os.getpid(), self.share),
+            args=(self.config, sockets, self.wake, ready, self.config.log.level, os.getpid()),
             name="abuse-gateway-listener",
             daemon=True,
         )
@@ -209,10 +199,8 @@ class ListenerProcesses:
             if not self.inherited:
                 for sock in sockets:
                     sock.close()
-        self._ready = {pid: event for pid, event in self._ready.items() if pid in self.pids}
-        self._ready[process.pid] = ready
         log.info("listener process started: pid=%s", process.pid)
-        return process, ready
+        return process
 
     def reload(self) -> None:
         for pid in self.pids:

@@ -14,7 +14,6 @@ import contextlib
 import logging
 import os
 import signal
-import ssl
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -22,12 +21,12 @@ from datetime import UTC, datetime
 from sqlalchemy import Engine
 
 from gateway import listeners, metrics, sdnotify
-from gateway.config import Config, ConfigError, load_config
+from gateway.config import Config
 from gateway.confirm import ConfirmWorker
 from gateway.intake import IntakeWorker, ParseFn, default_parser
 from gateway.intake_process import IntakeProcess
 from gateway.listeners import ListenerProcesses
-from gateway.smtp import ConnectionLimits, GatewayHandler, start_listeners, tls_context
+from gateway.smtp import ConnectionLimits, GatewayHandler, reread, start_listeners, tls_context
 from gateway.threader import Threader
 from parsers.case_ref import new_case_id
 from storage import schema
@@ -179,12 +178,10 @@ class Service:
         certificate and key (re-read even when the paths are unchanged: that is how a renewal lands),
         the accepted addresses, the confirmation caps, the log level. Returns (and logs) what changed."""
         old = self.config
-        try:
-            new = load_config(old.source)
-            tls = tls_context(new)
-        except (ConfigError, OSError, ssl.SSLError) as exc:
-            log.error("reload refused, keeping the running configuration: %s", exc)
+        fresh = reread(old)
+        if fresh is None:
             return []
+        new, tls = fresh
         changed = []
         if tls is not None or self.handler.tls is not None:
             changed.append("tls")

@@ -22,7 +22,7 @@ from typing import Any
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from gateway import data, metrics
-from gateway.config import Config
+from gateway.config import Config, ConfigError, load_config
 from storage.errors import TransientError
 from storage.inbox import AppendResult, Inbox
 from storage.inbox import Envelope as InboxEnvelope
@@ -281,6 +281,18 @@ def tls_context(config: Config) -> ssl.SSLContext | None:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(config.smtp.tls_cert, config.smtp.tls_key)
     return context
+
+
+def reread(config: Config) -> tuple[Config, ssl.SSLContext | None] | None:
+    """SIGHUP, in every listener process: the configuration file again and the TLS pair it names (read
+    even when the paths are unchanged: that is how a renewal lands). None, logged, when either fails: the
+    running configuration stays."""
+    try:
+        new = load_config(config.source)
+        return new, tls_context(new)
+    except (ConfigError, OSError, ssl.SSLError) as exc:
+        log.error("reload refused, keeping the running configuration: %s", exc)
+        return None
 
 
 def protocol_factory(handler: GatewayHandler, limits: ConnectionLimits) -> Callable[[], GatewaySMTP]:
