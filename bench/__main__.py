@@ -246,9 +246,9 @@ class Run:
             "rss_idle_mb": round(base.get("VmRSS", 0) / 1024, 1),
             "hwm_after_smtp_mb": round(after_smtp.get("VmHWM", 0) / 1024, 1),
             "hwm_listener_mb": round(final.get("VmHWM", 0) / 1024, 1),
-            "hwm_intake_mb": round(children.get("VmHWM", 0) / 1024, 1),
-            "intake_processes": children.get("count", 0),
-            # The figure the target reads: the listener's peak plus its intake process's.
+            "hwm_children_mb": round(children.get("VmHWM", 0) / 1024, 1),
+            "child_processes": children.get("count", 0),
+            # The figure the target reads: the listener's peak plus its child processes' (intake, listeners).
             "hwm_mb": round((final.get("VmHWM", 0) + children.get("VmHWM", 0)) / 1024, 1),
             "processed": lag.get("processed"),
             "drained": drained,

@@ -75,7 +75,7 @@ def print_sections(results: dict[str, Any]) -> None:
         print(
             f"\n== peak RSS, {rss.get('sessions')} sessions × {size_label(rss.get('size', 0))}: "
             f"listener after SMTP {_f(rss.get('hwm_after_smtp_mb'))} MB, at the end {_f(rss.get('hwm_listener_mb'))}"
-            f" MB + child processes {_f(rss.get('hwm_intake_mb'))} MB = {_f(rss.get('hwm_mb'))} MB "
+            f" MB + child processes {_f(rss.get('hwm_children_mb'))} MB = {_f(rss.get('hwm_mb'))} MB "
             f"(accepted {rss.get('load', {}).get('ok')}, p99 {_f(rss.get('load', {}).get('p99_ms'))} ms, "
             f"processed {rss.get('processed')})"
         )

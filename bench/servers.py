@@ -99,24 +99,17 @@ class Server:
 
     def status(self) -> dict[str, int]:
         """VmRSS / VmHWM (kB) from /proc."""
-        out: dict[str, int] = {}
-        with contextlib.suppress(OSError):
-            for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-                key, _, value = line.partition(":")
-                if key in ("VmRSS", "VmHWM"):
-                    out[key] = int(value.split()[0])
-        return out
+        return _vm(self.pid)
 
     def children_status(self) -> dict[str, int]:
         """VmRSS / VmHWM (kB) summed over the server's child processes (intake and listener processes).
         A sum of peaks bounds the peak of the sum from above: the honest side to err on."""
         out = {"VmRSS": 0, "VmHWM": 0, "count": 0}
         for child in _children(self.pid):
-            with contextlib.suppress(OSError):
-                for line in Path(f"/proc/{child}/status").read_text().splitlines():
-                    key, _, value = line.partition(":")
-                    if key in ("VmRSS", "VmHWM"):
-                        out[key] += int(value.split()[0])
+            vm = _vm(child)
+            if vm:
+                out["VmRSS"] += vm.get("VmRSS", 0)
+                out["VmHWM"] += vm.get("VmHWM", 0)
                 out["count"] += 1
         return out
 
@@ -129,6 +122,16 @@ class Server:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(10)
+
+
+def _vm(pid: int) -> dict[str, int]:
+    out: dict[str, int] = {}
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                out[key] = int(value.split()[0])
+    return out
 
 
 def _children(pid: int) -> list[int]:
