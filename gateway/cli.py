@@ -296,6 +296,13 @@ def cases_show(ctx: click.Context, case_id: str, as_json: bool) -> None:
         return
     click.echo(f"Case {view['case_id']}  [{view['status']}]  reporter: {view['reporter'] or '-'}")
     click.echo(f"Opened {view['created_at']}  updated {view['updated_at']}")
+    if view.get("merged_into"):
+        click.echo(f"Merged into {view['merged_into']} (its messages are there now)")
+    for link in view.get("related", []):
+        how = "split from" if link["relation"] == "split_from" else "same reporter"
+        if link["relation"] == "split_from" and link["direction"] == "later":
+            how = "split into"
+        click.echo(f"Related: {link['case_id']} [{link['status']}] ({how})")
     if view["flags"]:
         click.echo(f"Flags: {', '.join(view['flags'])}")
     for message in view["messages"]:
@@ -434,6 +441,80 @@ def cases_release(ctx: click.Context, case_id: str) -> None:
         click.echo(f"abuse-gateway: no case {case_id}", err=True)
         ctx.exit(EX_NOTFOUND)
     click.echo(f"{case_id.upper()} released")
+
+
+def _casework(ctx: click.Context) -> Any:
+    from gateway.service import build_casework
+
+    return build_casework(_config(ctx))
+
+
+def _case_move(ctx: click.Context, action: Callable[[Any], Any]) -> Any:
+    """Run one merge/split operation; a refusal is a usage error in words, never a traceback."""
+    from storage.casework import CaseWorkError
+
+    try:
+        return action(_casework(ctx))
+    except CaseWorkError as exc:
+        click.echo(f"abuse-gateway: {exc}", err=True)
+        ctx.exit(EX_NOTFOUND if str(exc).startswith("no ") else EX_USAGE)
+
+
+def _reindex(ctx: click.Context, case_id: str) -> None:
+    """Index the indicators of a case that received messages by a split: they are derived from the
+    messages, so they are derived again (the raw bytes are read, never changed)."""
+    from gateway.intake import prepare
+
+    store = _store(ctx)
+    for message_pk, entry in store.messages_for_reprocess(failed_only=False, case_id=case_id):
+        with contextlib.suppress(Exception):
+            store.update_reprocessed(message_pk, prepare(entry))
+
+
+@cases.command("merge")
+@with_config
+@click.argument("case_id")
+@click.argument("into_case")
+@click.pass_context
+def cases_merge(ctx: click.Context, case_id: str, into_case: str) -> None:
+    """Move every message of CASE into INTO_CASE (audited; `cases unmerge CASE` undoes it).
+
+    CASE keeps its ID, with status `merged`: mail naming it joins INTO_CASE. Raw evidence is untouched.
+    """
+    result = _case_move(ctx, lambda work: work.merge(case_id, into_case, _unix_user()))
+    click.echo(f"{result.source} merged into {result.target} ({result.messages} message(s))")
+
+
+@cases.command("unmerge")
+@with_config
+@click.argument("case_id")
+@click.pass_context
+def cases_unmerge(ctx: click.Context, case_id: str) -> None:
+    """Undo the latest merge of CASE: its messages go back to it, at their old numbers."""
+    result = _case_move(ctx, lambda work: work.unmerge(case_id, _unix_user()))
+    click.echo(f"{result.source} unmerged from {result.target} ({result.messages} message(s))")
+
+
+@cases.command("split")
+@with_config
+@click.argument("case_id")
+@click.argument("index", type=int)
+@click.pass_context
+def cases_split(ctx: click.Context, case_id: str, index: int) -> None:
+    """Move message INDEX of CASE into a new case of its own (audited; `cases unsplit NEW` undoes it)."""
+    result = _case_move(ctx, lambda work: work.split(case_id, index, _unix_user()))
+    _reindex(ctx, result.target)
+    click.echo(f"message {index} of {result.source} is now {result.target}")
+
+
+@cases.command("unsplit")
+@with_config
+@click.argument("case_id")
+@click.pass_context
+def cases_unsplit(ctx: click.Context, case_id: str) -> None:
+    """Undo the split that made CASE: its message goes back to where it was."""
+    result = _case_move(ctx, lambda work: work.unsplit(case_id, _unix_user()))
+    click.echo(f"{result.source} returned to {result.target} ({result.messages} message(s))")
 
 
 @main.command()

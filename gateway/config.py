@@ -78,6 +78,10 @@ class IntakeConfig(_Section):
     # Machine reports about the same source and category within this many seconds join one open case
     # (AbuseIO's incident → ticket model); 0 opens a case per report. People's reports never merge.
     machine_report_group_window: float = Field(default=86_400.0, ge=0)
+    # A person's new report (no case ID in it) is linked — never merged — to the same reporter's open
+    # cases opened within this many days, so "I forgot one more password" is seen beside the first
+    # report; the desk merges with `cases merge`. 0 turns linking off.
+    related_days: float = Field(default=14.0, ge=0)
 
     @field_validator("addresses")
     @classmethod

@@ -16,7 +16,7 @@ import os
 import signal
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Engine
 
@@ -30,6 +30,7 @@ from gateway.smtp import ConnectionLimits, GatewayHandler, reread, start_listene
 from gateway.threader import Threader
 from parsers.case_ref import new_case_id
 from storage import schema
+from storage.casework import CaseWork
 from storage.engine import make_engine
 from storage.inbox import Inbox, Spool
 from storage.store import CaseStore, Committed
@@ -53,7 +54,16 @@ def check_store(engine: Engine) -> None:
 def build_store(config: Config, engine: Engine | None = None) -> CaseStore:
     engine = engine or make_engine(config.store.url)
     prefix = config.intake.case_prefix
-    return CaseStore(engine, new_case_id=lambda: new_case_id(prefix))
+    return CaseStore(
+        engine,
+        new_case_id=lambda: new_case_id(prefix),
+        related_window=timedelta(days=config.intake.related_days),
+    )
+
+
+def build_casework(config: Config) -> CaseWork:
+    prefix = config.intake.case_prefix
+    return CaseWork(make_engine(config.store.url), new_case_id=lambda: new_case_id(prefix))
 
 
 def build_threader(config: Config) -> Threader:

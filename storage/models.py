@@ -69,6 +69,12 @@ class Case(SQLModel, table=True):
     csam: bool = False
     created_at: datetime = _ts(default_factory=utcnow, index=True)
     updated_at: datetime = _ts(default_factory=utcnow)
+    # Set when the desk merged this case into another (status `merged`): mail that names this case's ID
+    # joins that one, and the ID is never given out again (issue 16).
+    merged_into_pk: int | None = Field(default=None, foreign_key="cases.id", nullable=True)
+
+    # A new report looks up the same reporter's recent open cases to link them (issue 16).
+    __table_args__ = (Index("ix_cases_reporter_created", "reporter", "created_at"),)
 
 
 class Message(SQLModel, table=True):
@@ -173,3 +179,38 @@ class AuditEvent(SQLModel, table=True):
     actor: str = Field(max_length=64)  # the Unix user that ran the command
     action: str = Field(max_length=32)
     target: str = ""
+
+
+class CaseLink(SQLModel, table=True):
+    """Two cases the desk should see together: the same reporter writing again without the case ID, or a
+    case split out of another. A hint, never a merge: no message moves because of a link."""
+
+    __tablename__ = "case_links"
+
+    id: int | None = Field(default=None, primary_key=True)
+    case_pk: int = Field(foreign_key="cases.id", index=True)  # the newer case
+    other_pk: int = Field(foreign_key="cases.id", index=True)
+    relation: str = Field(max_length=16)  # same_reporter | split_from
+    created_at: datetime = _ts(default_factory=utcnow)
+
+    __table_args__ = (UniqueConstraint("case_pk", "other_pk", "relation"),)
+
+
+class CaseMove(SQLModel, table=True):
+    """A merge or split the desk made, with what it takes to undo it exactly: which messages moved from
+    which index to which, which outbox rows went with them, which indicator rows it copied."""
+
+    __tablename__ = "case_moves"
+
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime = _ts(default_factory=utcnow)
+    actor: str = Field(max_length=64)
+    action: str = Field(max_length=16)  # merge | split
+    source_pk: int = Field(foreign_key="cases.id", index=True)
+    target_pk: int = Field(foreign_key="cases.id", index=True)
+    moved: list[dict[str, int]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    outbox_pks: list[int] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    indicator_pks: list[int] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    prior_status: str = Field(default="open", max_length=16)
+    undone_at: datetime | None = _ts(default=None, nullable=True)
+    undone_by: str | None = Field(default=None, max_length=64)

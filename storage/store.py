@@ -9,6 +9,7 @@ the confirmation row, and marks the inbox entry done.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import uuid
@@ -22,11 +23,14 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
 from parsers.types import Attachment, Indicator, ParsedMessage
+from storage.casework import follow_merges, link_same_reporter, links_view
 from storage.models import (
     AttachmentRow,
     AuditEvent,
     Case,
     CaseEvent,
+    CaseLink,
+    CaseMove,
     InboxEntry,
     IndicatorRow,
     Message,
@@ -169,9 +173,12 @@ class _SessionLookup:
             rows.append((case_id, sha256))
 
     def case(self, case_id: str) -> CaseInfo | None:
+        """The case that holds what `case_id` names: a case the desk merged answers for its target."""
         case = self.session.exec(select(Case).where(Case.case_id == case_id)).first()
         if case is None:
             return None
+        if case.merged_into_pk is not None:
+            case = self.session.get(Case, follow_merges(self.session, case.id or 0)) or case
         return CaseInfo(case.case_id, case.status, case.reporter, case.kind)
 
     def case_for_message_ids(self, message_ids: Sequence[str]) -> str | None:
@@ -341,6 +348,8 @@ class CaseStore:
     engine: Engine
     new_case_id: Callable[[], str]
     worker_id: str = field(default=WORKER_ID)
+    # A new report from a reporter with open cases opened this recently is linked to them (issue 16).
+    related_window: timedelta = field(default=timedelta(days=14))
 
     # ---- intake: claim, commit, fail -------------------------------------------------------------------
 
@@ -514,15 +523,28 @@ class CaseStore:
         existing = None
         if decision.case_id is not None:
             existing = session.execute(
-                select(cases.c.id, cases.c.status).where(cases.c.case_id == decision.case_id)
+                select(cases.c.id, cases.c.status, cases.c.merged_into_pk).where(
+                    cases.c.case_id == decision.case_id
+                )
             ).first()
+            if existing is not None and existing[2] is not None:
+                # Named a case the desk merged: the message joins the case that now holds its messages.
+                existing = session.execute(
+                    select(cases.c.id, cases.c.status, cases.c.case_id).where(
+                        cases.c.id == follow_merges(session, existing[0])
+                    )
+                ).first()
+                assert existing is not None
+                decision = dataclasses.replace(decision, case_id=existing[2])
         opened = existing is None
         if existing is None:
             case_id = self.new_case_id()
             case_pk = self._open_case(session, item, case_id, now)
             index, kind = 1, item.kind
+            if item.kind == "report":
+                link_same_reporter(session, case_pk, self._reporter(item), self.related_window, now)
         else:
-            case_id, (case_pk, status) = str(decision.case_id), existing
+            case_id, (case_pk, status) = str(decision.case_id), existing[:2]
             kind = "amendment" if item.kind == "report" else item.kind
             values: dict[str, Any] = {"updated_at": now}
             if status == "closed":
@@ -603,17 +625,22 @@ class CaseStore:
         return committed, state
 
     @staticmethod
-    def _open_case(session: Session, item: PreparedMessage, case_id: str, now: datetime) -> int:
+    def _reporter(item: PreparedMessage) -> str | None:
+        reporter = item.parsed.from_addr or item.entry.mail_from or None
+        return reporter.lower() if reporter else None
+
+    @classmethod
+    def _open_case(cls, session: Session, item: PreparedMessage, case_id: str, now: datetime) -> int:
         """Insert the case and return its key. The ID is random (35 bits): a collision is rare enough that
         the unique constraint is the check; if it fires, the batch is retried entry by entry, minting anew."""
-        reporter = item.parsed.from_addr or item.entry.mail_from or None
+        reporter = cls._reporter(item)
         return int(
             session.execute(
                 _INSERT_CASE,
                 dict(
                     case_id=case_id,
                     status="open",
-                    reporter=reporter.lower() if reporter else None,
+                    reporter=reporter,
                     subject=item.parsed.subject,
                     escaped_subject=item.escaped_subject,
                     kind=item.kind,
@@ -836,6 +863,7 @@ class CaseStore:
                     for m in messages
                 ],
                 "indicators": [{"kind": k, "value": v} for k, v in indicators],
+                **links_view(session, case),
                 "events": [{"at": _iso(at), "kind": k, "detail": d} for at, k, d in events],
             }
         )
@@ -1027,9 +1055,17 @@ class CaseStore:
                     )
                 )
             )
-            case_pks = [c.id for c in doomed]
-            if not case_pks:
+            if not doomed:
                 return []
+            # Cases merged into a doomed case hold no messages of their own any more; they go with it, so
+            # no row is left pointing at a case that no longer exists.
+            frontier = [c.id for c in doomed]
+            while frontier:
+                merged = list(session.exec(select(Case).where(Case.merged_into_pk.in_(frontier))))
+                merged = [m for m in merged if m not in doomed]
+                doomed += merged
+                frontier = [m.id for m in merged]
+            case_pks = [c.id for c in doomed]
             message_pks = list(session.exec(select(Message.id).where(Message.case_pk.in_(case_pks))))
             inbox_ids = list(session.exec(select(Message.inbox_id).where(Message.case_pk.in_(case_pks))))
             sha256s = list(session.exec(select(Message.sha256).where(Message.case_pk.in_(case_pks))))
@@ -1049,6 +1085,15 @@ class CaseStore:
             )
             session.execute(delete(IndicatorRow).where(IndicatorRow.case_pk.in_(case_pks)))
             session.execute(delete(CaseEvent).where(CaseEvent.case_pk.in_(case_pks)))
+            session.execute(
+                delete(CaseLink).where(or_(CaseLink.case_pk.in_(case_pks), CaseLink.other_pk.in_(case_pks)))
+            )
+            session.execute(
+                delete(CaseMove).where(
+                    or_(CaseMove.source_pk.in_(case_pks), CaseMove.target_pk.in_(case_pks))
+                )
+            )
+            session.execute(update(Case).where(Case.id.in_(case_pks)).values(merged_into_pk=None))
             session.execute(delete(Case).where(Case.id.in_(case_pks)))
             removed = [c.case_id for c in doomed]
             session.add(AuditEvent(actor=actor, action="purge", target=",".join(removed)[:10_000]))

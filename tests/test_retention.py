@@ -76,3 +76,23 @@ def test_raw_and_export_leave_an_audit_trail_naming_the_unix_user(cli_config: Pa
     events = json.loads(run(cli_config, "audit", "list", "--json"))
     assert [(e["action"], e["target"]) for e in events] == [("export", "all"), ("raw", f"{case_id} 1")]
     assert {e["actor"] for e in events} == {getpass.getuser()}
+
+
+def test_purge_of_a_case_takes_the_cases_merged_into_it_and_leaves_no_dangling_link(cli_config: Path) -> None:
+    target, merged = _ingest(cli_config, "report_phishing.eml"), _ingest(cli_config, "report_phishing.eml")
+    run(cli_config, "cases", "merge", merged, target)
+    run(cli_config, "cases", "close", target)
+    _age(cli_config, target, 100)
+    _age(cli_config, merged, 100)
+    output = run(cli_config, "purge", "--older-than", "90")
+    assert f"removed {target}" in output and f"removed {merged}" in output
+    assert json.loads(run(cli_config, "cases", "list", "--json")) == []
+
+
+def test_merge_carries_hold_to_the_case_that_receives_the_messages(cli_config: Path) -> None:
+    target, held = _ingest(cli_config, "report_phishing.eml"), _ingest(cli_config, "report_phishing.eml")
+    run(cli_config, "cases", "hold", held)
+    run(cli_config, "cases", "merge", held, target)
+    run(cli_config, "cases", "close", target)
+    _age(cli_config, target, 100)
+    assert "purged 0 case(s)" in run(cli_config, "purge", "--older-than", "90")
