@@ -14,7 +14,7 @@ import mailbox
 import os
 import sys
 from collections.abc import Callable, Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ import click
 from sqlalchemy.exc import SQLAlchemyError
 
 from gateway.config import Config, ConfigError, effective_settings, load_config, warnings_for
+from storage.search import CASE_STATUSES, MESSAGE_KINDS
 
 EX_OK, EX_NOTFOUND, EX_USAGE, EX_TEMPFAIL = 0, 1, 2, 75
 # A backlog import commits this many messages per transaction (one fsync each), then processes them.
@@ -244,19 +245,54 @@ def _print_json(value: Any) -> None:
     click.echo(json.dumps(value, ensure_ascii=False, indent=2, default=str))
 
 
+_TIME_HELP = "ISO 8601 (no offset = UTC) or a duration back from now (90m, 24h, 7d)"
+
+
+def _instant(ctx: click.Context, option: str, value: str | None) -> datetime | None:
+    from parsers.when import InstantError, parse_instant
+
+    if value is None:
+        return None
+    try:
+        return parse_instant(value, datetime.now(UTC))
+    except InstantError as exc:
+        click.echo(f"abuse-gateway: {option}: {exc}", err=True)
+        ctx.exit(EX_USAGE)
+
+
 @cases.command("list")
 @with_config
-@click.option("--status", default=None, help="open or closed")
+@click.option("--status", type=click.Choice(CASE_STATUSES), default=None)
+@click.option("--kind", type=click.Choice(MESSAGE_KINDS), default=None, help="cases holding a message of it")
+@click.option("--reporter", default=None, metavar="ADDRESS", help="the reporter's address, exactly")
+@click.option(
+    "--flag", default=None, help="csam, possible_csam, unverified_sender, processing_failed, …"
+)
 @click.option("--indicator", default=None, help="URL, domain, IP or e-mail address (defanged is fine)")
-@click.option("--limit", default=100, show_default=True)
+@click.option("--text", default=None, metavar="WORDS", help="full text of subjects and messages (all words)")
+@click.option("--since", default=None, help=f"updated since: {_TIME_HELP}")
+@click.option("--until", default=None, help=f"updated until: {_TIME_HELP}")
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(min=1))
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def cases_list(
-    ctx: click.Context, status: str | None, indicator: str | None, limit: int, as_json: bool
+    ctx: click.Context,
+    status: str | None,
+    kind: str | None,
+    reporter: str | None,
+    flag: str | None,
+    indicator: str | None,
+    text: str | None,
+    since: str | None,
+    until: str | None,
+    limit: int,
+    as_json: bool,
 ) -> None:
-    """List cases, newest first."""
+    """List cases, newest first; every filter given must match. Times are printed in UTC with offset."""
+    from storage.search import CaseFilter, find_cases
+
     store = _store(ctx)
-    query = None
+    host_or_value = None
     if indicator:
         from parsers.indicators import indicator_host, parse_indicator_query
 
@@ -264,16 +300,41 @@ def cases_list(
         if parsed is None:
             click.echo(f"abuse-gateway: {indicator!r} is not a URL, domain, IP or e-mail address", err=True)
             ctx.exit(EX_USAGE)
-        query = (parsed.value, indicator_host(parsed) if parsed.kind in ("domain", "ipv4", "ipv6") else None)
-    rows = store.list_cases(status=status, host_or_value=query, limit=limit)
+        host = indicator_host(parsed) if parsed.kind in ("domain", "ipv4", "ipv6") else None
+        host_or_value = (parsed.value, host)
+    wanted = CaseFilter(
+        status=status,
+        kind=kind,
+        reporter=reporter,
+        flag=flag,
+        indicator=host_or_value,
+        text=text,
+        since=_instant(ctx, "--since", since),
+        until=_instant(ctx, "--until", until),
+    )
+    rows, total = find_cases(store.engine, wanted, limit=limit)
+    if total > len(rows):
+        click.echo(f"showing {len(rows)} of {total}; --limit N or --since T for more", err=True)
     if as_json:
         _print_json(rows)
         return
     for row in rows:
         click.echo(
-            f"{row['case_id']}  {row['status']:<6}  {row['messages']:>3} msg  {row['created_at'][:19]}  "
+            f"{row['case_id']}  {row['status']:<6}  {row['messages']:>3} msg  {row['created_at']}  "
             f"{_short_address(row['reporter'])}  {row['subject']}"
         )
+
+
+def _case_arg(ctx: click.Context, value: str) -> str:
+    """A case ID as people type and say it (`abu 18hj on15`, `ABU18HJ0N15`, `18HJ-0N15`), canonical; a typo
+    is a usage error in words (exit 2), so "no case" (exit 1) always means the ID is right but unknown."""
+    from parsers.case_ref import read_case_id
+
+    case_id, problem = read_case_id(value, _config(ctx).intake.case_prefix)
+    if case_id is None:
+        click.echo(f"abuse-gateway: {value!r} is {problem}", err=True)
+        ctx.exit(EX_USAGE)
+    return str(case_id)
 
 
 def _short_address(address: str | None) -> str:
@@ -287,6 +348,7 @@ def _short_address(address: str | None) -> str:
 @click.pass_context
 def cases_show(ctx: click.Context, case_id: str, as_json: bool) -> None:
     """One case with its messages (escaped text), attachments, indicators and flags."""
+    case_id = _case_arg(ctx, case_id)
     view = _store(ctx).show_case(case_id)
     if view is None:
         click.echo(f"abuse-gateway: no case {case_id}", err=True)
@@ -353,6 +415,7 @@ def _escape_value(value: Any) -> str:
 @click.pass_context
 def cases_raw(ctx: click.Context, case_id: str, index: int) -> None:
     """Write message INDEX's original bytes to stdout (evidence export)."""
+    case_id = _case_arg(ctx, case_id)
     raw = _store(ctx).raw_message(case_id, index)
     if raw is None:
         click.echo(f"abuse-gateway: no message {index} in case {case_id}", err=True)
@@ -365,21 +428,11 @@ def cases_raw(ctx: click.Context, case_id: str, index: int) -> None:
 
 @cases.command("export")
 @with_config
-@click.option("--since", default=None, help="ISO date or datetime: cases updated since then")
+@click.option("--since", default=None, help=f"cases updated since: {_TIME_HELP}")
 @click.pass_context
 def cases_export(ctx: click.Context, since: str | None) -> None:
     """Every case as one JSON object per line, the shape of `cases show --json`."""
-    since_at = None
-    if since:
-        try:
-            since_at = datetime.fromisoformat(since)
-        except ValueError:
-            click.echo(f"abuse-gateway: --since {since!r} is not an ISO date", err=True)
-            ctx.exit(EX_USAGE)
-        if since_at.tzinfo is None:
-            from datetime import UTC
-
-            since_at = since_at.replace(tzinfo=UTC)
+    since_at = _instant(ctx, "--since", since)
     store = _store(ctx)
     store.audit(_unix_user(), "export", f"since {since_at.isoformat()}" if since_at else "all")
     for view in store.export_cases(since_at):
@@ -392,6 +445,7 @@ def cases_export(ctx: click.Context, since: str | None) -> None:
 @click.pass_context
 def cases_close(ctx: click.Context, case_id: str) -> None:
     """Close a case (a later message reopens it)."""
+    case_id = _case_arg(ctx, case_id)
     if not _store(ctx).set_status(case_id, "closed", f"by {_unix_user()}"):
         click.echo(f"abuse-gateway: no case {case_id}", err=True)
         ctx.exit(EX_NOTFOUND)
@@ -404,6 +458,7 @@ def cases_close(ctx: click.Context, case_id: str) -> None:
 @click.pass_context
 def cases_reopen(ctx: click.Context, case_id: str) -> None:
     """Reopen a closed case."""
+    case_id = _case_arg(ctx, case_id)
     if not _store(ctx).set_status(case_id, "open", f"by {_unix_user()}"):
         click.echo(f"abuse-gateway: no case {case_id}", err=True)
         ctx.exit(EX_NOTFOUND)
@@ -425,6 +480,7 @@ def _unix_user() -> str:
 @click.pass_context
 def cases_hold(ctx: click.Context, case_id: str) -> None:
     """Put a case on legal hold: `purge` never removes it."""
+    case_id = _case_arg(ctx, case_id)
     if not _store(ctx).set_hold(case_id, True, _unix_user()):
         click.echo(f"abuse-gateway: no case {case_id}", err=True)
         ctx.exit(EX_NOTFOUND)
@@ -437,6 +493,7 @@ def cases_hold(ctx: click.Context, case_id: str) -> None:
 @click.pass_context
 def cases_release(ctx: click.Context, case_id: str) -> None:
     """Release a case from hold."""
+    case_id = _case_arg(ctx, case_id)
     if not _store(ctx).set_hold(case_id, False, _unix_user()):
         click.echo(f"abuse-gateway: no case {case_id}", err=True)
         ctx.exit(EX_NOTFOUND)
@@ -481,6 +538,8 @@ def cases_merge(ctx: click.Context, case_id: str, into_case: str) -> None:
 
     CASE keeps its ID, with status `merged`: mail naming it joins INTO_CASE. Raw evidence is untouched.
     """
+    case_id = _case_arg(ctx, case_id)
+    into_case = _case_arg(ctx, into_case)
     result = _case_move(ctx, lambda work: work.merge(case_id, into_case, _unix_user()))
     click.echo(f"{result.source} merged into {result.target} ({result.messages} message(s))")
 
@@ -491,6 +550,7 @@ def cases_merge(ctx: click.Context, case_id: str, into_case: str) -> None:
 @click.pass_context
 def cases_unmerge(ctx: click.Context, case_id: str) -> None:
     """Undo the latest merge of CASE: its messages go back to it, at their old numbers."""
+    case_id = _case_arg(ctx, case_id)
     result = _case_move(ctx, lambda work: work.unmerge(case_id, _unix_user()))
     click.echo(f"{result.source} unmerged from {result.target} ({result.messages} message(s))")
 
@@ -502,6 +562,7 @@ def cases_unmerge(ctx: click.Context, case_id: str) -> None:
 @click.pass_context
 def cases_split(ctx: click.Context, case_id: str, index: int) -> None:
     """Move message INDEX of CASE into a new case of its own (audited; `cases unsplit NEW` undoes it)."""
+    case_id = _case_arg(ctx, case_id)
     result = _case_move(ctx, lambda work: work.split(case_id, index, _unix_user()))
     _reindex(ctx, result.target)
     click.echo(f"message {index} of {result.source} is now {result.target}")
@@ -513,6 +574,7 @@ def cases_split(ctx: click.Context, case_id: str, index: int) -> None:
 @click.pass_context
 def cases_unsplit(ctx: click.Context, case_id: str) -> None:
     """Undo the split that made CASE: its message goes back to where it was."""
+    case_id = _case_arg(ctx, case_id)
     result = _case_move(ctx, lambda work: work.unsplit(case_id, _unix_user()))
     click.echo(f"{result.source} returned to {result.target} ({result.messages} message(s))")
 

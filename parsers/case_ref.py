@@ -225,6 +225,28 @@ def parse_case_id(value: str, prefix: str | None = DEFAULT_PREFIX) -> str | None
     return _canonical(match.group(1), match.group(2), match.group(3))
 
 
+def read_case_id(value: str, prefix: str = DEFAULT_PREFIX) -> tuple[str | None, str | None]:
+    """A case ID as a person types it on the command line or reads it out on the phone: any case, spaces
+    or dashes anywhere or none, the prefix left out, O for 0, I/L for 1 (`abu 18hj on15`, `ABU18HJ0N15`,
+    `18HJ-0N15`). Returns (canonical ID, None) or (None, why not) so the CLI can tell a typo in the check
+    character ("check character") from something that is not a case ID at all."""
+    canon_prefix = _normalise_prefix(prefix)
+    if not isinstance(value, str) or len(value) > 200:
+        return None, "not a case ID"
+    compact = re.sub(r"[\s\-_]+", "", _normalise_text(value)).upper()
+    if compact.startswith(canon_prefix) and len(compact) == len(canon_prefix) + 8:
+        compact = compact[len(canon_prefix) :]
+    shape = f"expected {canon_prefix}-XXXX-XXXX"
+    if len(compact) != 8 or not compact.isascii() or not compact.isalnum():
+        return None, f"not a case ID ({shape})"
+    if any(ch not in _DECODE for ch in compact):
+        return None, f"not a case ID: {shape} in Crockford base32 (no U)"
+    canonical = _canonical(canon_prefix, compact[:4], compact[4:])
+    if canonical is None:
+        return None, "not a valid case ID: check character"
+    return canonical, None
+
+
 def is_valid_case_id(value: str, prefix: str = DEFAULT_PREFIX) -> bool:
     """True when the whole value is one case ID whose check character verifies (lenient input)."""
     return parse_case_id(value, prefix) is not None

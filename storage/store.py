@@ -36,6 +36,7 @@ from storage.models import (
     Message,
     OutboxRow,
 )
+from storage.search import CaseFilter, find_cases, summary
 
 # Unique per process, across hosts: claims are matched by it, so two gateways must never share one.
 WORKER_ID = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -763,40 +764,10 @@ class CaseStore:
         host_or_value: tuple[str, str | None] | None = None,
         limit: int = 100,
     ) -> list[dict[str, Any]]:
-        counts = (
-            select(Message.case_pk, func.count(Message.id).label("n")).group_by(Message.case_pk).subquery()
-        )
-        query = (
-            select(Case, counts.c.n)
-            .join(counts, counts.c.case_pk == Case.id, isouter=True)
-            .order_by(Case.created_at.desc(), Case.id.desc())
-            .limit(limit)
-        )
-        if status:
-            query = query.where(Case.status == status)
-        if host_or_value is not None:
-            value, host = host_or_value
-            matches = [IndicatorRow.value == value]
-            if host:
-                matches += [IndicatorRow.host == host, IndicatorRow.host.like(f"%.{host}")]
-            query = query.where(Case.id.in_(select(IndicatorRow.case_pk).where(or_(*matches))))
-        with Session(self.engine) as session:
-            return [self._summary(case, n or 0) for case, n in session.exec(query).all()]
+        rows, _total = find_cases(self.engine, CaseFilter(status=status, indicator=host_or_value), limit)
+        return rows
 
-    @staticmethod
-    def _summary(case: Case, messages: int) -> dict[str, Any]:
-        return {
-            "case_id": case.case_id,
-            "status": case.status,
-            "kind": case.kind,
-            "reporter": case.reporter,
-            "subject": case.escaped_subject,
-            "messages": messages,
-            "hold": case.hold,
-            "csam": case.csam,
-            "created_at": _iso(case.created_at),
-            "updated_at": _iso(case.updated_at),
-        }
+
 
     def show_case(self, case_id: str) -> dict[str, Any] | None:
         with Session(self.engine) as session:
@@ -834,7 +805,7 @@ class CaseStore:
             .order_by(CaseEvent.id)
         ).all()
         flags = sorted({f for m in messages for f in m.flags})
-        view = self._summary(case, len(messages))
+        view = summary(case, len(messages))
         view.pop("subject")
         view.update(
             {
@@ -872,7 +843,8 @@ class CaseStore:
     def export_cases(self, since: datetime | None = None) -> Iterator[dict[str, Any]]:
         query = select(Case).order_by(Case.id)
         if since is not None:
-            query = query.where(Case.updated_at >= since)
+            # UTC first: SQLite compares the stored text, which has no offset (issue 17).
+            query = query.where(Case.updated_at >= since.astimezone(UTC))
         with Session(self.engine) as session:
             for case in session.exec(query).all():
                 yield self._case_view(session, case)

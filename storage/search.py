@@ -1,0 +1,172 @@
+"""Finding cases: the one query behind `cases list` (and, next, the web desk's queue and search).
+
+Why a module of its own: the desk's filters (status, kind, reporter, flag, indicator, free text, time
+range) combine freely, and the CLI and the web must agree on what each means, so both build a `CaseFilter`
+and call `find_cases`. Full text runs on SQLite FTS5 (`messages_fts`, kept in step with `messages` by
+triggers, so the intake transaction, `reprocess`, `purge` and merges need no code of their own) and on
+PostgreSQL on a GIN expression index over `to_tsvector('simple', …)` (kept in step by PostgreSQL itself).
+
+What is indexed is the decoded original text (live URLs), the first `FTS_TEXT_CHARS` characters of each
+message: a query in the escaped form (`hxxps://bad[.]example`) is turned back into the live form first, so
+both find the same cases.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Engine, String, cast, exists, func, literal_column, or_, text
+from sqlalchemy.sql.elements import ColumnElement
+from sqlmodel import Session, select
+
+from storage.models import Case, IndicatorRow, Message
+
+# The statuses and kinds a filter may name; anything else is a usage error, never an empty list.
+CASE_STATUSES = ("open", "closed", "merged")
+MESSAGE_KINDS = ("report", "amendment", "machine_report", "automatic")
+# Indexed per message: enough for every report a person writes; a 10 MB paste is searchable by its start
+# and its indicators, and does not make one intake transaction index megabytes of text.
+FTS_TEXT_CHARS = 100_000
+# The same expression in the migration's index and in the query, or PostgreSQL does not use the index.
+PG_TSVECTOR = (
+    "to_tsvector('simple'::regconfig, coalesce(messages.subject, '') || ' ' || "
+    f"left(coalesce(messages.text, ''), {FTS_TEXT_CHARS}))"
+)
+
+_REFANG = [
+    (re.compile(r"(?i)\bhxxp(s?)"), r"http\1"),
+    (re.compile(r"\[\.\]|\(\.\)|\{\.\}|\[dot\]", re.I), "."),
+    (re.compile(r"\[@\]|\(@\)|\[at\]", re.I), "@"),
+    (re.compile(r"\[:\]"), ":"),
+]
+
+
+@dataclass(frozen=True, slots=True)
+class CaseFilter:
+    status: str | None = None
+    kind: str | None = None  # a case holding a message of this kind
+    reporter: str | None = None
+    flag: str | None = None
+    indicator: tuple[str, str | None] | None = None  # (normalised value, host for domain/IP searches)
+    text: str | None = None
+    since: datetime | None = None  # by last activity (updated_at), as `cases export --since`
+    until: datetime | None = None
+
+
+def refang(query: str) -> str:
+    """The live form of a defanged query, so `hxxps://bad[.]example` finds what `https://bad.example` does."""
+    for pattern, replacement in _REFANG:
+        query = pattern.sub(replacement, query)
+    return query
+
+
+def _fts5_query(words: str) -> str:
+    """Each word a quoted FTS5 phrase (AND between them): punctuation in a URL becomes token order, and
+    nothing a user types can be read as FTS5 syntax (NEAR, column filters, `*`)."""
+    phrases = [w.replace('"', '""') for w in refang(words).split() if w.strip('"')]
+    return " ".join(f'"{p}"' for p in phrases)
+
+
+def _utc(value: datetime) -> datetime:
+    """The store keeps UTC; SQLite compares the stored text, so an offset must be folded in first."""
+    value = value if value.tzinfo else value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+def _conditions(engine: Engine, wanted: CaseFilter) -> list[ColumnElement[bool]]:
+    where: list[ColumnElement[bool]] = []
+    if wanted.status:
+        where.append(Case.status == wanted.status)
+    if wanted.reporter:
+        where.append(Case.reporter == wanted.reporter.strip().lower())
+    if wanted.since is not None:
+        where.append(Case.updated_at >= _utc(wanted.since))
+    if wanted.until is not None:
+        where.append(Case.updated_at <= _utc(wanted.until))
+    if wanted.kind:
+        where.append(exists().where(Message.case_pk == Case.id, Message.kind == wanted.kind))
+    if wanted.flag:
+        # Flags are a JSON list per message; the quoted form matches a whole flag or its `flag:detail` kin.
+        flags = cast(Message.flags, String)
+        flag = _like(wanted.flag)
+        matches = or_(flags.like(f'%"{flag}"%', escape="\\"), flags.like(f'%"{flag}:%', escape="\\"))
+        flagged = exists().where(Message.case_pk == Case.id, matches)
+        where.append(or_(Case.csam.is_(True), flagged) if wanted.flag == "csam" else flagged)
+    if wanted.indicator is not None:
+        value, host = wanted.indicator
+        found = [IndicatorRow.value == value]
+        if host:
+            found += [IndicatorRow.host == host, IndicatorRow.host.like(f"%.{_like(host)}", escape="\\")]
+        where.append(Case.id.in_(select(IndicatorRow.case_pk).where(or_(*found))))
+    if wanted.text and wanted.text.strip():
+        where.append(Case.id.in_(_text_matches(engine, wanted.text)))
+    return where
+
+
+def _like(value: str) -> str:
+    """A LIKE pattern piece that matches `value` literally (escape character `\\`)."""
+    return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _text_matches(engine: Engine, words: str) -> Any:
+    if engine.dialect.name == "postgresql":
+        # PostgreSQL's parser keeps a URL with its query string as one lexeme
+        # (`host/verify?id=77`): a URL or path typed without the query matches as a prefix.
+        tsquery = func.plainto_tsquery("simple", refang(words))
+        widened = func.regexp_replace(cast(tsquery, String), "'([^']*/[^']*)'", "'\\1':*", "g")
+        condition = literal_column(PG_TSVECTOR).op("@@")(func.to_tsquery("simple", widened))
+        return select(Message.case_pk).where(condition)
+    rowids = text("SELECT rowid FROM messages_fts WHERE messages_fts MATCH :q").bindparams(
+        q=_fts5_query(words) or '""'
+    )
+    return select(Message.case_pk).where(Message.id.in_(rowids))
+
+
+def find_cases(engine: Engine, wanted: CaseFilter, limit: int = 100) -> tuple[list[dict[str, Any]], int]:
+    """The newest `limit` cases matching every filter, and how many match in all (counted only when the
+    limit cut the list, so the common short answer costs one query)."""
+    where = _conditions(engine, wanted)
+    query = select(Case).where(*where).order_by(Case.created_at.desc(), Case.id.desc()).limit(limit)
+    with Session(engine) as session:
+        cases = list(session.exec(query).all())
+        counts: dict[int, int] = {}
+        if cases:
+            counts = {
+                int(pk): int(n)
+                for pk, n in session.exec(
+                    select(Message.case_pk, func.count(Message.id))
+                    .where(Message.case_pk.in_([c.id for c in cases]))
+                    .group_by(Message.case_pk)
+                ).all()
+            }
+        total = len(cases)
+        if total >= limit:
+            total = int(session.exec(select(func.count(Case.id)).where(*where)).one())
+        return [summary(case, counts.get(case.id or 0, 0)) for case in cases], total
+
+
+def summary(case: Case, messages: int) -> dict[str, Any]:
+    return {
+        "case_id": case.case_id,
+        "status": case.status,
+        "kind": case.kind,
+        "reporter": case.reporter,
+        "subject": case.escaped_subject,
+        "messages": messages,
+        "hold": case.hold,
+        "csam": case.csam,
+        "created_at": iso(case.created_at),
+        "updated_at": iso(case.updated_at),
+    }
+
+
+def iso(value: datetime | None) -> str | None:
+    """Every time the desk is shown carries its offset (UTC), so no one reads it as local time."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).isoformat()
