@@ -312,9 +312,10 @@ def cases_list(
         since=_instant(ctx, "--since", since),
         until=_instant(ctx, "--until", until),
     )
-    rows, total = find_cases(store.engine, wanted, limit=limit)
-    if total > len(rows):
-        click.echo(f"showing {len(rows)} of {total}; --limit N or --since T for more", err=True)
+    found = find_cases(store.engine, wanted, limit=limit)
+    rows = found.rows
+    if found.cut_note():
+        click.echo(str(found.cut_note()), err=True)
     if as_json:
         _print_json(rows)
         return

@@ -36,6 +36,12 @@ PG_TSVECTOR = (
     f"left(coalesce(messages.text, ''), {FTS_TEXT_CHARS}))"
 )
 
+# A word in more messages than this is searched in the newest this many of them: a desk's search for
+# "phishing" on a million messages wants the newest cases, and must answer in a fraction of a second.
+TEXT_CANDIDATES = 10_000
+# "showing 100 of 316" is counted exactly up to this many matches; beyond it, "of more than 10000".
+COUNT_CAP = 10_000
+
 _REFANG = [
     (re.compile(r"(?i)\bhxxp(s?)"), r"http\1"),
     (re.compile(r"\[\.\]|\(\.\)|\{\.\}|\[dot\]", re.I), "."),
@@ -118,16 +124,32 @@ def _text_matches(engine: Engine, words: str) -> Any:
         tsquery = func.plainto_tsquery("simple", refang(words))
         widened = func.regexp_replace(cast(tsquery, String), "'([^']*/[^']*)'", "'\\1':*", "g")
         condition = literal_column(PG_TSVECTOR).op("@@")(func.to_tsquery("simple", widened))
-        return select(Message.case_pk).where(condition)
-    rowids = text("SELECT rowid FROM messages_fts WHERE messages_fts MATCH :q").bindparams(
-        q=_fts5_query(words) or '""'
-    )
+        newest = select(Message.id).where(condition).order_by(Message.id.desc()).limit(TEXT_CANDIDATES)
+        return select(Message.case_pk).where(Message.id.in_(newest))
+    # FTS5 walks its rowids (message ids, so age) backwards and stops at the bound.
+    rowids = text(
+        "SELECT rowid FROM messages_fts WHERE messages_fts MATCH :q ORDER BY rowid DESC LIMIT :n"
+    ).bindparams(q=_fts5_query(words) or '""', n=TEXT_CANDIDATES)
     return select(Message.case_pk).where(Message.id.in_(rowids))
 
 
-def find_cases(engine: Engine, wanted: CaseFilter, limit: int = 100) -> tuple[list[dict[str, Any]], int]:
+@dataclass(frozen=True, slots=True)
+class CaseMatches:
+    rows: list[dict[str, Any]]
+    total: int  # how many match; when `more`, at least this many
+    more: bool = False
+
+    def cut_note(self) -> str | None:
+        """What the desk is told when the list is not the whole answer."""
+        if self.total <= len(self.rows):
+            return None
+        of = f"more than {self.total}" if self.more else str(self.total)
+        return f"showing {len(self.rows)} of {of}; --limit N or --since T"
+
+
+def find_cases(engine: Engine, wanted: CaseFilter, limit: int = 100) -> CaseMatches:
     """The newest `limit` cases matching every filter, and how many match in all (counted only when the
-    limit cut the list, so the common short answer costs one query)."""
+    limit cut the list, and only up to `COUNT_CAP`, so neither a short answer nor a broad one is slow)."""
     where = _conditions(engine, wanted)
     query = select(Case).where(*where).order_by(Case.created_at.desc(), Case.id.desc()).limit(limit)
     with Session(engine) as session:
@@ -142,10 +164,13 @@ def find_cases(engine: Engine, wanted: CaseFilter, limit: int = 100) -> tuple[li
                     .group_by(Message.case_pk)
                 ).all()
             }
-        total = len(cases)
+        total, more = len(cases), False
         if total >= limit:
-            total = int(session.exec(select(func.count(Case.id)).where(*where)).one())
-        return [summary(case, counts.get(case.id or 0, 0)) for case in cases], total
+            capped = select(Case.id).where(*where).limit(COUNT_CAP + 1).subquery()
+            total = int(session.exec(select(func.count()).select_from(capped)).one())
+            if total > COUNT_CAP:
+                total, more = COUNT_CAP, True
+        return CaseMatches([summary(case, counts.get(case.id or 0, 0)) for case in cases], total, more)
 
 
 def summary(case: Case, messages: int) -> dict[str, Any]:

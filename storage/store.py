@@ -764,8 +764,7 @@ class CaseStore:
         host_or_value: tuple[str, str | None] | None = None,
         limit: int = 100,
     ) -> list[dict[str, Any]]:
-        rows, _total = find_cases(self.engine, CaseFilter(status=status, indicator=host_or_value), limit)
-        return rows
+        return find_cases(self.engine, CaseFilter(status=status, indicator=host_or_value), limit).rows
 
 
 
