@@ -21,7 +21,14 @@ from typing import Any
 import click
 from sqlalchemy.exc import SQLAlchemyError
 
-from gateway.config import Config, ConfigError, effective_settings, load_config, warnings_for
+from gateway.config import (
+    Config,
+    ConfigError,
+    effective_settings,
+    file_problems,
+    load_config,
+    warnings_for,
+)
 from storage.search import CASE_STATUSES, MESSAGE_KINDS
 
 EX_OK, EX_NOTFOUND, EX_USAGE, EX_TEMPFAIL = 0, 1, 2, 75
@@ -61,10 +68,32 @@ def _config(ctx: click.Context) -> Config:
     return obj["config"]
 
 
-def _store(ctx: click.Context) -> Any:
-    from gateway.service import build_store
+def _store(ctx: click.Context, *, create: bool = False) -> Any:
+    """The case store, opened once per command. Unless `create` (db upgrade), a store that does not exist
+    or needs `db upgrade` is refused in one line (exit 2) and nothing is created (issue 17)."""
+    obj = ctx.ensure_object(dict)
+    if "store" in obj:
+        return obj["store"]
+    from gateway.service import StoreNotReady, build_store, check_store
+    from storage.engine import store_location, store_missing
 
-    return build_store(_config(ctx))
+    config = _config(ctx)
+    where = store_location(config.store.url)
+    if not create and store_missing(config.store.url):
+        click.echo(f"abuse-gateway: no store at {where}; create it with `abuse-gateway db upgrade`", err=True)
+        ctx.exit(EX_USAGE)
+    store = build_store(config)
+    if not create:
+        try:
+            check_store(store.engine)
+        except StoreNotReady as exc:
+            click.echo(f"abuse-gateway: store {where}: {exc}", err=True)
+            ctx.exit(EX_USAGE)
+        except SQLAlchemyError as exc:
+            click.echo(f"abuse-gateway: store {where} unavailable: {type(exc).__name__}", err=True)
+            ctx.exit(EX_TEMPFAIL)
+    obj["store"] = store
+    return store
 
 
 config_option = click.option(
@@ -95,6 +124,7 @@ def with_config(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 @click.group()
+@click.version_option(package_name="abuse-gateway", prog_name="abuse-gateway")
 @config_option
 @click.pass_context
 def main(ctx: click.Context, config_path: str | None) -> None:
@@ -119,12 +149,27 @@ def serve(ctx: click.Context, config_path: str | None, workers: int | None) -> N
         config = config.model_copy(update={"smtp": config.smtp.model_copy(update={"workers": workers})})
     from gateway.service import StoreNotReady, run_service
 
+    for problem in file_problems(config):
+        click.echo(f"abuse-gateway: configuration error: {problem}", err=True)
+        ctx.exit(EX_USAGE)
     for note in warnings_for(config):
         logging.getLogger("abuse_gateway").warning("%s", note)
+    # One line and an exit code for what will not get better by itself (2: the unit's
+    # RestartPreventExitStatus), and 75 for a store that may come back (systemd restarts after RestartSec).
+    from storage.engine import store_location
+
     try:
         run_service(config)
     except StoreNotReady as exc:
-        click.echo(f"abuse-gateway: {exc}", err=True)
+        click.echo(f"abuse-gateway: store {store_location(config.store.url)}: {exc}", err=True)
+        ctx.exit(EX_USAGE)
+    except SQLAlchemyError as exc:
+        where = store_location(config.store.url)
+        click.echo(f"abuse-gateway: store {where} unavailable: {type(exc).__name__}", err=True)
+        ctx.exit(EX_TEMPFAIL)
+    except OSError as exc:
+        listen = ", ".join(config.smtp.listen)
+        click.echo(f"abuse-gateway: cannot start (listen {listen}): {exc.strerror or exc}", err=True)
         ctx.exit(EX_USAGE)
     except KeyboardInterrupt:
         pass
@@ -179,12 +224,22 @@ def ingest(
     backlog = bool(paths) and config.intake.mode == "process"
     store: Any = None
     worker: Any = None
+    from storage.engine import store_location, store_missing
+
     try:
+        if store_missing(config.store.url):
+            # Not created behind the operator's back: the mail waits in the spool until `db upgrade`.
+            click.echo(
+                f"abuse-gateway: no store at {store_location(config.store.url)}; spooling "
+                "(create the store with `abuse-gateway db upgrade`; `serve` then stores the spool)",
+                err=True,
+            )
+            raise FileNotFoundError(config.store.url)
         store = build_store(config)
         check_store(store.engine)
         if not backlog:
             worker = IntakeWorker(config, store, build_threader(config))
-    except Exception as exc:  # unreachable or not upgraded: keep every message in the spool instead
+    except Exception as exc:  # missing, unreachable or not upgraded: keep every message in the spool instead
         log.warning("store unavailable: error=%s; spooling", type(exc).__name__)
         store = None
     sources = _iter_sources(paths) if paths else iter([("-", sys.stdin.buffer.read())])
@@ -606,6 +661,7 @@ def audit() -> None:
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def audit_list(ctx: click.Context, as_json: bool) -> None:
+    """Who read, exported, held, merged or purged what, and when, newest first."""
     rows = _store(ctx).list_audit()
     if as_json:
         _print_json(rows)
@@ -624,6 +680,7 @@ def outbox() -> None:
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def outbox_list(ctx: click.Context, as_json: bool) -> None:
+    """Confirmations and acknowledgements, newest first, with their delivery state."""
     rows = _store(ctx).list_outbox()
     if as_json:
         _print_json(rows)
@@ -674,12 +731,14 @@ def db() -> None:
 def db_upgrade(ctx: click.Context) -> None:
     """Create or migrate the store to this release's schema."""
     from storage import schema
+    from storage.engine import store_location
 
-    store = _store(ctx)
+    store = _store(ctx, create=True)
     before = schema.current_revision(store.engine)
     schema.upgrade(store.engine)
     after = schema.current_revision(store.engine)
-    click.echo(f"store at schema {after} (was {before or 'empty'})")
+    where = store_location(_config(ctx).store.url)
+    click.echo(f"store {where} at schema {after} (was {before or 'empty'})")
 
 
 @main.command("check-config")
@@ -689,7 +748,15 @@ def check_config(ctx: click.Context, config_path: str | None) -> None:
     """Validate the configuration and print the effective settings, secrets masked."""
     _remember_config(ctx, config_path)
     config = _config(ctx)
-    click.echo(f"# source: {config.source or 'built-in defaults'}")
+    from storage.engine import store_location
+
+    problems = file_problems(config)
+    for problem in problems:
+        click.echo(f"abuse-gateway: configuration error: {problem}", err=True)
+    if problems:
+        ctx.exit(EX_USAGE)
+    source = config.source or "built-in defaults"
+    click.echo(f"# source: {source}; store: {store_location(config.store.url)}")
     _print_json(effective_settings(config))
     for note in warnings_for(config):
         click.echo(f"warning: {note}", err=True)

@@ -8,13 +8,14 @@ Sources, weakest first: built-in defaults (a newcomer's localhost setup), the TO
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 DEFAULT_CONFIG_PATH = Path("/etc/abuse-gateway/gateway.toml")
 ENV_PREFIX = "ABUSE_GATEWAY_"
@@ -60,6 +61,13 @@ class SmtpConfig(_Section):
     def _listen(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(_hostport(v) for v in value)
 
+    @model_validator(mode="after")
+    def _tls_pair(self) -> SmtpConfig:
+        if bool(self.tls_cert) != bool(self.tls_key):
+            missing = "tls_key" if self.tls_cert else "tls_cert"
+            raise ValueError(f"tls_cert and tls_key go together: {missing} is not set")
+        return self
+
 
 class IntakeConfig(_Section):
     # Empty means "abuse@ at any domain": a newcomer's default. Production names its addresses.
@@ -92,12 +100,31 @@ class IntakeConfig(_Section):
         return tuple(a.lower() for a in value)
 
 
+# The stores the gateway is built and tested for (storage/engine.py); anything else fails at first use.
+SUPPORTED_STORES = ("sqlite", "postgresql")
+
+
 class StoreConfig(_Section):
     url: str = "sqlite:///var/cases.db"
     spool_dir: str = "var/spool"
     # How long a commit may be retried before the message is spooled instead (well under SMTP's
     # 10-minute DATA timeout, RFC 5321 §4.5.3.2.6).
     commit_budget: float = Field(default=10.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            backend = make_url(value).get_backend_name()
+        except ArgumentError:
+            raise ValueError("is not a database URL (sqlite:///path or postgresql+psycopg://…)") from None
+        if backend not in SUPPORTED_STORES:
+            raise ValueError(f"{backend!r} is not supported: use sqlite:///path or postgresql+psycopg://…")
+        return value
+
     # Group commit: how long the writer waits for more messages to share one transaction and fsync.
     group_commit_ms: float = Field(default=2.0, ge=0)
 
@@ -127,6 +154,16 @@ class ConfirmConfig(_Section):
         fields = {name for _, name, _, _ in string.Formatter().parse(value) if name is not None}
         if fields != {"case_id"}:
             raise ValueError("must contain {case_id} and no other placeholder")
+        return value
+
+    @field_validator("from_")
+    @classmethod
+    def _from(cls, value: str) -> str:
+        local, at, domain = value.partition("@")
+        broken = any(c.isspace() or ord(c) < 32 for c in value) or "@" in domain
+        # A domain has a dot; `localhost` is the built-in development default.
+        if not at or not local or broken or ("." not in domain and domain != "localhost"):
+            raise ValueError(f"{value!r} is not an address (local@domain)")
         return value
 
     @field_validator("smarthost")
@@ -187,7 +224,22 @@ def _env_value(raw: str, annotation: Any) -> Any:
     return raw
 
 
+# ABUSE_GATEWAY_CONFIG names the file; ABUSE_GATEWAY_TEST_* belong to the test suite (tests/conftest.py).
+_ENV_NOT_SETTINGS = (f"{ENV_PREFIX}CONFIG", f"{ENV_PREFIX}TEST_")
+
+
 def _apply_env(data: dict[str, dict[str, Any]], environ: dict[str, str]) -> None:
+    known = {
+        f"{ENV_PREFIX}{section.upper()}_{(info.alias or name).upper()}"
+        for section, model in _SECTIONS.items()
+        for name, info in model.model_fields.items()
+    }
+    for var in sorted(environ):
+        if var.startswith(ENV_PREFIX) and var not in known and not var.startswith(_ENV_NOT_SETTINGS):
+            # A typo here is otherwise silent: the setting the operator meant keeps its default.
+            near = difflib.get_close_matches(var, sorted(known), n=1)
+            hint = f"; did you mean {near[0]}?" if near else ""
+            raise ConfigError(f"environment variable {var} names no setting{hint}")
     for section, model in _SECTIONS.items():
         for name, info in model.model_fields.items():
             key = info.alias or name
@@ -199,11 +251,62 @@ def _apply_env(data: dict[str, dict[str, Any]], environ: dict[str, str]) -> None
                     raise ConfigError(f"{var}: {exc}") from exc
 
 
+# What a list setting holds, for "`listen` must be a list of host:port strings".
+_LIST_OF = {
+    "listen": "host:port strings",
+    "addresses": "addresses (local@domain)",
+    "old_secret_files": "file paths",
+}
+
+
+def _explain(item: Any) -> str:
+    """Pydantic's error in the words of a config file: what the value must be."""
+    kind, ctx, key = item["type"], item.get("ctx") or {}, str(item["loc"][-1]) if item["loc"] else ""
+    if kind in ("tuple_type", "list_type", "iterable_type"):
+        return f"must be a list of {_LIST_OF.get(key, 'values')}"
+    simple = {
+        "string_type": "must be a string (in quotes)",
+        "int_type": "must be a whole number",
+        "int_parsing": "must be a whole number",
+        "int_from_float": "must be a whole number",
+        "float_type": "must be a number",
+        "float_parsing": "must be a number",
+        "bool_type": "must be true or false",
+        "bool_parsing": "must be true or false",
+        "missing": "is required",
+    }
+    if kind in simple:
+        return simple[kind]
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        words = {"greater_than": "greater than", "greater_than_equal": "at least"}
+        words |= {"less_than": "less than", "less_than_equal": "at most"}
+        bound = next(iter(ctx.values()), "")
+        return f"must be {words[kind]} {bound}"
+    if kind == "string_pattern_mismatch":
+        return f"must match {ctx.get('pattern', '')}"
+    if kind == "literal_error":
+        return f"must be one of {ctx.get('expected', '')}"
+    if kind in ("value_error", "assertion_error"):
+        return str(item["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    return str(item["msg"])
+
+
 def _describe(error: ValidationError) -> str:
     lines = []
     for item in error.errors():
-        key = ".".join(str(p) for p in item["loc"])
-        lines.append(f"{key}: {item['msg']}")
+        loc = [str(p) for p in item["loc"]]
+        section, key = (loc[0], loc[1]) if len(loc) > 1 else (loc[0] if loc else "", None)
+        if item["type"] == "extra_forbidden" and key is not None:
+            model = _SECTIONS.get(section)
+            names = [f.alias or n for n, f in model.model_fields.items()] if model else []
+            near = difflib.get_close_matches(key, names, n=1)
+            hint = f"; did you mean `{near[0]}`?" if near else ""
+            lines.append(f"unknown key `{key}` in [{section}]{hint}")
+        elif key is None:
+            lines.append(f"[{section}]: {_explain(item)}")
+        else:
+            where = f"`{key}`" + (f" (item {int(loc[2]) + 1})" if len(loc) > 2 and loc[2].isdigit() else "")
+            lines.append(f"[{section}] {where}: {_explain(item)}")
     return "; ".join(lines)
 
 
@@ -245,6 +348,29 @@ def effective_settings(config: Config) -> dict[str, Any]:
     if dumped["confirm"].get("smarthost_password"):
         dumped["confirm"]["smarthost_password"] = "********"
     return dumped
+
+
+def file_problems(config: Config) -> list[str]:
+    """What would stop `serve` that only the file system can tell: check-config and serve both ask."""
+    problems = []
+    for key, path in (("tls_cert", config.smtp.tls_cert), ("tls_key", config.smtp.tls_key)):
+        if not path:
+            continue
+        try:
+            with open(path, "rb") as handle:
+                handle.read(1)
+        except OSError as exc:
+            problems.append(f"[smtp] `{key}`: cannot read {path}: {exc.strerror}")
+    if config.smtp.tls_cert and config.smtp.tls_key and not problems:
+        import ssl
+
+        try:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+                config.smtp.tls_cert, config.smtp.tls_key
+            )
+        except (ssl.SSLError, ValueError) as exc:
+            problems.append(f"[smtp] `tls_cert`/`tls_key`: not a matching certificate and key ({exc})")
+    return problems
 
 
 def warnings_for(config: Config) -> list[str]:

@@ -148,7 +148,7 @@ def test_bad_config_value_exits_2_and_names_the_key(tmp_path: Path) -> None:
     config.write_text('[smtp]\nmax_recipients = "many"\n')
     result = invoke(config, "check-config")
     assert result.exit_code == EX_USAGE
-    assert "smtp.max_recipients" in result.output
+    assert "[smtp] `max_recipients`: must be a whole number" in result.output
 
 
 def test_environment_overrides_the_config_file(tmp_path: Path) -> None:
