@@ -145,7 +145,8 @@ def preload(db_path: Path, n: int, *, chunk: int = 5000, time_limit: float = 900
                 msg_rows,
             )
             conn.executemany(
-                "INSERT OR IGNORE INTO indicators (case_pk,kind,value,host) VALUES (?,?,?,?)", ind_rows
+                "INSERT OR IGNORE INTO indicators (case_pk,kind,value,host,host_rev) VALUES (?,?,?,?,?)",
+                [(*row, row[3][::-1]) for row in ind_rows],
             )
         done = min(n, done + chunk)
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")

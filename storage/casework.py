@@ -421,7 +421,9 @@ class CaseWork:
             have.add((kind, value))
             pk = session.execute(
                 insert(IndicatorRow.__table__)
-                .values(case_pk=to_pk, kind=kind, value=value, host=host)
+                .values(
+                    case_pk=to_pk, kind=kind, value=value, host=host, host_rev=host[::-1] if host else None
+                )
                 .returning(IndicatorRow.__table__.c.id)
             ).scalar_one()
             added.append(int(pk))

@@ -74,7 +74,11 @@ class Case(SQLModel, table=True):
     merged_into_pk: int | None = Field(default=None, foreign_key="cases.id", nullable=True)
 
     # A new report looks up the same reporter's recent open cases to link them (issue 16).
-    __table_args__ = (Index("ix_cases_reporter_created", "reporter", "created_at"),)
+    __table_args__ = (
+        Index("ix_cases_reporter_created", "reporter", "created_at"),
+        # The desk's queue: newest first within a status, without sorting every open case (issue 17).
+        Index("ix_cases_status_created", "status", "created_at"),
+    )
 
 
 class Message(SQLModel, table=True):
@@ -130,8 +134,15 @@ class IndicatorRow(SQLModel, table=True):
     value: str = Field(index=True)
     # Lower-case host (or IP) so a domain search also finds URLs on it and its subdomains.
     host: str | None = Field(default=None, index=True)
+    # The host reversed (`elpmaxe.live.www`): "on evil.example or a subdomain" is then a prefix, an index
+    # range, instead of `LIKE '%.evil.example'` over every indicator (0.35 s on a 1 M-message store).
+    host_rev: str | None = Field(default=None)
 
-    __table_args__ = (UniqueConstraint("case_pk", "kind", "value"),)
+    __table_args__ = (
+        UniqueConstraint("case_pk", "kind", "value"),
+        # text_pattern_ops on PostgreSQL, so LIKE 'prefix%' reads the index whatever the collation.
+        Index("ix_indicators_host_rev", "host_rev", postgresql_ops={"host_rev": "text_pattern_ops"}),
+    )
 
 
 class OutboxRow(SQLModel, table=True):

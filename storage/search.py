@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, String, cast, exists, func, literal_column, or_, text
+from sqlalchemy import Engine, String, and_, cast, exists, func, literal_column, or_, text
 from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import Session, select
 
@@ -105,11 +105,20 @@ def _conditions(engine: Engine, wanted: CaseFilter) -> list[ColumnElement[bool]]
         value, host = wanted.indicator
         found = [IndicatorRow.value == value]
         if host:
-            found += [IndicatorRow.host == host, IndicatorRow.host.like(f"%.{_like(host)}", escape="\\")]
+            found += [IndicatorRow.host == host, _subdomains_of(engine, host)]
         where.append(Case.id.in_(select(IndicatorRow.case_pk).where(or_(*found))))
     if wanted.text and wanted.text.strip():
         where.append(Case.id.in_(_text_matches(engine, wanted.text)))
     return where
+
+
+def _subdomains_of(engine: Engine, host: str) -> ColumnElement[bool]:
+    """Indicators on a subdomain of `host`: a prefix of the reversed host, read off an index."""
+    prefix = host[::-1] + "."
+    if engine.dialect.name == "postgresql":  # the index is text_pattern_ops: LIKE 'prefix%' uses it
+        return IndicatorRow.host_rev.like(f"{_like(prefix)}%", escape="\\")
+    # SQLite compares bytes (BINARY): every string starting with "prefix." sorts before "prefix/".
+    return and_(IndicatorRow.host_rev >= prefix, IndicatorRow.host_rev < prefix[:-1] + "/")
 
 
 def _like(value: str) -> str:

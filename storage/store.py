@@ -329,7 +329,13 @@ class _BatchRows:
             if key not in known:
                 known.add(key)
                 self.indicators.append(
-                    {"case_pk": case_pk, "kind": indicator.kind, "value": indicator.value, "host": host}
+                    {
+                        "case_pk": case_pk,
+                        "kind": indicator.kind,
+                        "value": indicator.value,
+                        "host": host,
+                        "host_rev": host[::-1] if host else None,
+                    }
                 )
 
     def insert(self, session: Session) -> None:
@@ -765,8 +771,6 @@ class CaseStore:
         limit: int = 100,
     ) -> list[dict[str, Any]]:
         return find_cases(self.engine, CaseFilter(status=status, indicator=host_or_value), limit).rows
-
-
 
     def show_case(self, case_id: str) -> dict[str, Any] | None:
         with Session(self.engine) as session:
