@@ -454,6 +454,13 @@ def cases_show(ctx: click.Context, case_id: str, as_json: bool) -> None:
         click.echo("Indicators:")
         for indicator in view["indicators"]:
             click.echo(f"  {indicator['kind']:<6} {_escape_value(indicator['value'])}")
+    for sent in view.get("outbox", []):
+        when = sent["sent_at"] or sent["created_at"]
+        why = f" ({sent['suppressed_reason']})" if sent["suppressed_reason"] else ""
+        click.echo(
+            f"Sent: #{sent['id']} {sent['kind']} to {sent['recipient']}: {sent['state']}{why} {when}"
+            f"  (outbox show {sent['id']})"
+        )
     for event in view.get("events", []):
         click.echo(f"Event {event['at']}: {event['kind']} {event['detail']}")
 
@@ -677,11 +684,14 @@ def outbox() -> None:
 
 @outbox.command("list")
 @with_config
+@click.option("--case", "case_id", default=None, metavar="CASE", help="only what went out for this case")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def outbox_list(ctx: click.Context, as_json: bool) -> None:
+def outbox_list(ctx: click.Context, case_id: str | None, as_json: bool) -> None:
     """Confirmations and acknowledgements, newest first, with their delivery state."""
-    rows = _store(ctx).list_outbox()
+    if case_id is not None:
+        case_id = _case_arg(ctx, case_id)
+    rows = _store(ctx).list_outbox(case_id=case_id)
     if as_json:
         _print_json(rows)
         return
@@ -690,6 +700,28 @@ def outbox_list(ctx: click.Context, as_json: bool) -> None:
             f"{row['id']:>6}  {row['case_id']}  {row['kind']:<15} {row['state']:<10} "
             f"attempts={row['attempts']}  {row['last_error'] or row['suppressed_reason'] or ''}"
         )
+
+
+@outbox.command("show")
+@with_config
+@click.argument("outbox_id", type=int)
+@click.pass_context
+def outbox_show(ctx: click.Context, outbox_id: int) -> None:
+    """The exact bytes of mail ID as it was sent (through the smarthost or to the .eml), and its state.
+
+    Our own text, never the report's; shown escaped on a terminal like everything else.
+    """
+    found = _store(ctx).outbox_message(outbox_id)
+    if found is None:
+        click.echo(f"abuse-gateway: no outbox entry {outbox_id}", err=True)
+        ctx.exit(EX_NOTFOUND)
+    row, raw = found
+    click.echo(f"# {row['kind']} for {row['case_id']} to {row['recipient']}: {row['state']}", err=True)
+    if raw is None:
+        reason = row["suppressed_reason"] or "not sent yet"
+        click.echo(f"abuse-gateway: nothing was sent for outbox entry {outbox_id} ({reason})", err=True)
+        ctx.exit(EX_NOTFOUND)
+    click.echo(raw.decode("utf-8", "replace").replace("\r\n", "\n"), nl=False)
 
 
 @main.command()

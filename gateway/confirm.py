@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import email.policy
 import hashlib
 import hmac
 import logging
@@ -254,6 +255,9 @@ class ConfirmWorker:
 
     async def send(self, job: OutboxJob) -> str:
         message = build_message(self.config, job, self.key)
+        # Flattened once: these bytes go to the smarthost (or the .eml) and into the outbox row, so what
+        # the desk shows is exactly what the reporter was sent (issue 17).
+        raw = message.as_bytes(policy=email.policy.SMTP)
         try:
             async for attempt in AsyncRetrying(
                 retry=retry_if_exception(_retryable),
@@ -262,9 +266,11 @@ class ConfirmWorker:
                 reraise=True,
             ):
                 with attempt:
-                    await self._deliver(message, job.recipient)
+                    await self._deliver(raw, str(message["Message-ID"]), job.recipient)
         except PermanentSendError as exc:
-            await asyncio.to_thread(self.store.finish_outbox, job.outbox_id, "failed", error=str(exc))
+            await asyncio.to_thread(
+                self.store.finish_outbox, job.outbox_id, "failed", error=str(exc), raw=raw
+            )
             log.warning(
                 "confirmation failed: outbox_id=%d case_id=%s reply=%s",
                 job.outbox_id,
@@ -275,12 +281,21 @@ class ConfirmWorker:
         except TransientSendError as exc:
             if datetime.now(UTC) - job.created_at > GIVE_UP_AFTER:
                 await asyncio.to_thread(
-                    self.store.finish_outbox, job.outbox_id, "failed", error=f"gave up after 2 days: {exc}"
+                    self.store.finish_outbox,
+                    job.outbox_id,
+                    "failed",
+                    error=f"gave up after 2 days: {exc}",
+                    raw=raw,
                 )
                 return "failed"
             due = datetime.now(UTC) + backoff(job.attempts + 1)
             await asyncio.to_thread(
-                self.store.finish_outbox, job.outbox_id, "retrying", error=str(exc), next_attempt_at=due
+                self.store.finish_outbox,
+                job.outbox_id,
+                "retrying",
+                error=str(exc),
+                next_attempt_at=due,
+                raw=raw,
             )
             log.info(
                 "confirmation deferred: outbox_id=%d case_id=%s attempts=%d",
@@ -289,21 +304,21 @@ class ConfirmWorker:
                 job.attempts + 1,
             )
             return "retrying"
-        await asyncio.to_thread(self.store.finish_outbox, job.outbox_id, "sent")
+        await asyncio.to_thread(self.store.finish_outbox, job.outbox_id, "sent", raw=raw)
         log.info("confirmation sent: outbox_id=%d case_id=%s", job.outbox_id, job.case_id)
         return "sent"
 
-    async def _deliver(self, message: EmailMessage, recipient: str) -> None:
+    async def _deliver(self, raw: bytes, message_id: str, recipient: str) -> None:
         config = self.config.confirm
         if not config.smarthost:
-            await asyncio.to_thread(self._write_eml, message)
+            await asyncio.to_thread(self._write_eml, raw, message_id)
             return
         host, _, port = config.smarthost.rpartition(":")
         try:
             # Envelope sender = our From, not <>: RFC 3834 §3.3 prefers null, but a bounce of a confirmation
             # must reach us so `outbox list` can show it (issue 5); loops are stopped by our loop header.
             await aiosmtplib.send(
-                message,
+                raw,
                 sender=config.from_,
                 recipients=[recipient],
                 hostname=host.strip("[]"),
@@ -324,11 +339,11 @@ class ConfirmWorker:
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
             raise TransientSendError(f"connection: {type(exc).__name__}") from exc
 
-    def _write_eml(self, message: EmailMessage) -> None:
+    def _write_eml(self, raw: bytes, message_id: str) -> None:
         directory = Path(self.config.confirm.outbox_dir)
         directory.mkdir(parents=True, exist_ok=True)
-        name = str(message["Message-ID"]).strip("<>").replace("/", "_")
+        name = message_id.strip("<>").replace("/", "_")
         target = directory / f"{name}.eml"
         tmp = directory / f".{name}.tmp"
-        tmp.write_bytes(bytes(message))
+        tmp.write_bytes(raw)
         os.replace(tmp, target)

@@ -168,6 +168,9 @@ class OutboxRow(SQLModel, table=True):
     # must not scan the whole table (1.5 s on a store with a million messages).
     claimed_until: datetime | None = _ts(default=None, nullable=True, index=True)
     sent_at: datetime | None = _ts(default=None, nullable=True)
+    # The exact bytes handed to the smarthost (or written as .eml): what the reporter was sent, for the
+    # desk to show when a reporter asks (issue 17). Our own text, never the report's.
+    raw: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
 
 
 class CaseEvent(SQLModel, table=True):

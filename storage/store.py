@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 from sqlalchemy import Engine, and_, func, insert, or_, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import defer
 from sqlmodel import Session, select
 
 from parsers.types import Attachment, Indicator, ParsedMessage
@@ -264,6 +265,24 @@ class _SessionLookup:
             .limit(1)
         ).first()
         return _scalar(found)
+
+
+def _outbox_view(row: OutboxRow, case_id: str, size: int | None) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "case_id": case_id,
+        "kind": row.kind,
+        "recipient": row.recipient,
+        "state": row.state,
+        "suppressed_reason": row.suppressed_reason,
+        "attempts": row.attempts,
+        "last_error": row.last_error,
+        "message_id": row.message_id,
+        "created_at": _iso(row.created_at),
+        "next_attempt_at": _iso(row.next_attempt_at),
+        "sent_at": _iso(row.sent_at),
+        "bytes": size,
+    }
 
 
 def _scalar(row: Any) -> Any:
@@ -838,6 +857,15 @@ class CaseStore:
                 ],
                 "indicators": [{"kind": k, "value": v} for k, v in indicators],
                 **links_view(session, case),
+                "outbox": [
+                    _outbox_view(row, case.case_id, size)
+                    for row, size in session.exec(
+                        select(OutboxRow, func.length(OutboxRow.raw))
+                        .options(defer(OutboxRow.raw))
+                        .where(OutboxRow.case_pk == case.id)
+                        .order_by(OutboxRow.id)
+                    ).all()
+                ],
                 "events": [{"at": _iso(at), "kind": k, "detail": d} for at, k, d in events],
             }
         )
@@ -947,8 +975,15 @@ class CaseStore:
             ]
 
     def finish_outbox(
-        self, outbox_id: int, state: str, *, error: str | None = None, next_attempt_at: datetime | None = None
+        self,
+        outbox_id: int,
+        state: str,
+        *,
+        error: str | None = None,
+        next_attempt_at: datetime | None = None,
+        raw: bytes | None = None,
     ) -> None:
+        """Record an attempt's outcome and, when given, the exact bytes that attempt sent."""
         values: dict[str, Any] = {
             "state": state,
             "last_error": error[:500] if error else None,
@@ -959,6 +994,8 @@ class CaseStore:
         }
         if state == "sent":
             values["sent_at"] = _now()
+        if raw is not None:
+            values["raw"] = raw
         with Session(self.engine) as session, session.begin():
             session.execute(update(OutboxRow).where(OutboxRow.id == outbox_id).values(**values))
 
@@ -974,31 +1011,31 @@ class CaseStore:
             )
             return int(result.rowcount or 0)
 
-    def list_outbox(self, limit: int = 500) -> list[dict[str, Any]]:
+    def list_outbox(self, limit: int = 500, case_id: str | None = None) -> list[dict[str, Any]]:
+        query = (
+            select(OutboxRow, Case.case_id, func.length(OutboxRow.raw))
+            .join(Case, Case.id == OutboxRow.case_pk)
+            .options(defer(OutboxRow.raw))
+            .order_by(OutboxRow.id.desc())
+            .limit(limit)
+        )
+        if case_id is not None:
+            query = query.where(Case.case_id == case_id.upper())
         with Session(self.engine) as session:
-            rows = session.exec(
+            return [_outbox_view(row, cid, size) for row, cid, size in session.exec(query).all()]
+
+    def outbox_message(self, outbox_id: int) -> tuple[dict[str, Any], bytes | None] | None:
+        """One outbox row and the exact bytes it sent (None: not sent yet, or suppressed)."""
+        with Session(self.engine) as session:
+            found = session.exec(
                 select(OutboxRow, Case.case_id)
                 .join(Case, Case.id == OutboxRow.case_pk)
-                .order_by(OutboxRow.id.desc())
-                .limit(limit)
-            ).all()
-            return [
-                {
-                    "id": row.id,
-                    "case_id": case_id,
-                    "kind": row.kind,
-                    "recipient": row.recipient,
-                    "state": row.state,
-                    "suppressed_reason": row.suppressed_reason,
-                    "attempts": row.attempts,
-                    "last_error": row.last_error,
-                    "message_id": row.message_id,
-                    "created_at": _iso(row.created_at),
-                    "next_attempt_at": _iso(row.next_attempt_at),
-                    "sent_at": _iso(row.sent_at),
-                }
-                for row, case_id in rows
-            ]
+                .where(OutboxRow.id == outbox_id)
+            ).first()
+            if found is None:
+                return None
+            row, case_id = found
+            return _outbox_view(row, case_id, len(row.raw) if row.raw else None), row.raw
 
     # ---- retention and audit -----------------------------------------------------------------------------
 

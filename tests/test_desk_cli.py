@@ -179,3 +179,46 @@ def test_the_postgresql_search_repeats_the_index_expression() -> None:
     migration = importlib.import_module("storage.migrations.versions.0007_full_text_search")
     assert migration.PG_TSVECTOR == search.PG_TSVECTOR
     assert migration.FTS_TEXT_CHARS == search.FTS_TEXT_CHARS
+
+
+def _cli_on(gateway, tmp_path: Path) -> Path:  # type: ignore[no-untyped-def]
+    path = tmp_path / "cli.toml"
+    path.write_text(
+        f'[store]\nurl = "{gateway.service.config.store.url}"\nspool_dir = "{tmp_path}/cli-spool"\n'
+        f'[confirm]\nenabled = false\noutbox_dir = "{tmp_path}/cli-outbox"\nsecret_file = "{tmp_path}/k"\n'
+    )
+    return path
+
+
+def test_outbox_keeps_the_exact_bytes_sent_through_the_smarthost(
+    gateway_factory, store_url: str, smtp_sink, tmp_path: Path
+) -> None:
+    confirming = gateway_factory(store_url, confirm={"smarthost": smtp_sink.address})
+    confirming.send(load_eml("report_phishing.eml"))
+    [(_, _, delivered)] = smtp_sink.wait_for(1)
+    rows = confirming.wait_outbox(lambda rows: bool(rows) and rows[0]["state"] == "sent")
+    config = _cli_on(confirming, tmp_path)
+    [case] = confirming.store.list_cases()
+
+    code, out, err = _cli(config, "outbox", "show", str(rows[0]["id"]))
+    assert code == 0, err
+    assert out.encode() == delivered.replace(b"\r\n", b"\n")
+    listed = json.loads(run_cli(config, "outbox", "list", "--case", case["case_id"].lower(), "--json"))
+    assert [r["id"] for r in listed] == [rows[0]["id"]] and listed[0]["bytes"] > 0
+    assert (
+        json.loads(run_cli(config, "outbox", "list", "--case", _other_case_id(case["case_id"]), "--json"))
+        == []
+    )
+    shown = run_cli(config, "cases", "show", case["case_id"])
+    assert f"Sent: #{rows[0]['id']} confirmation to reporter@example.net: sent" in shown
+    assert (
+        json.loads(run_cli(config, "cases", "show", case["case_id"], "--json"))["outbox"][0]["state"]
+        == "sent"
+    )
+
+
+def _other_case_id(case_id: str) -> str:
+    from parsers.case_ref import new_case_id
+
+    other = new_case_id()
+    return other if other != case_id else new_case_id()
