@@ -409,11 +409,16 @@ def cases_show(ctx: click.Context, case_id: str, as_json: bool) -> None:
     if view is None:
         click.echo(f"abuse-gateway: no case {case_id}", err=True)
         ctx.exit(EX_NOTFOUND)
+    _store(ctx).audit(_unix_user(), "show", case_id)
     if as_json:
         _print_json(view)
         return
+    from gateway.wording import rule_words, thread_words
+
     click.echo(f"Case {view['case_id']}  [{view['status']}]  reporter: {view['reporter'] or '-'}")
     click.echo(f"Opened {view['created_at']}  updated {view['updated_at']}")
+    preservation = "CSAM: yes (kept at least 365 days)" if view.get("csam") else "CSAM: no"
+    click.echo(f"{preservation}; legal hold: {'yes' if view.get('hold') else 'no'}")
     if view.get("merged_into"):
         click.echo(f"Merged into {view['merged_into']} (its messages are there now)")
     for link in view.get("related", []):
@@ -425,11 +430,14 @@ def cases_show(ctx: click.Context, case_id: str, as_json: bool) -> None:
         click.echo(f"Flags: {', '.join(view['flags'])}")
     for message in view["messages"]:
         click.echo("")
-        click.echo(
-            f"--- #{message['index']} {message['kind']} ({message['kind_rule']}) "
-            f"via {message['thread_signal']}  {message['received_at']}"
-        )
-        click.echo(f"From: {message['sender'] or '<>'}")
+        click.echo(f"--- #{message['index']} {message['kind']}  received {message['received_at']}")
+        click.echo(f"Kind: {rule_words(message['kind'], message['kind_rule'])}")
+        click.echo(f"Threading: {thread_words(message['thread_signal'], message['index'], message['flags'])}")
+        click.echo(f"From: {message['from'] or '-'}   (header)")
+        click.echo(f"Envelope sender: {message['sender'] or '<> (null sender)'}")
+        click.echo(f"Envelope recipients: {', '.join(message.get('recipients') or []) or '-'}")
+        click.echo(f"Client address: {message.get('client_addr') or '-'}")
+        click.echo(f"Size: {message.get('size') or '-'} bytes  sha256 {message['sha256']}")
         click.echo(f"Subject: {message['subject']}")
         if message["flags"]:
             click.echo(f"Flags: {', '.join(message['flags'])}")
@@ -442,9 +450,9 @@ def cases_show(ctx: click.Context, case_id: str, as_json: bool) -> None:
             )
         if message.get("report"):
             report = message["report"]
-            click.echo(
-                f"Report: {report['format']} category={report['category']} source={report['source_ip']}"
-            )
+            fields = (("format", "format"), ("category", "category"), ("source", "source_ip"))
+            parts = [f"{label}={report.get(key) or '-'}" for label, key in fields]
+            click.echo(f"Report: {' '.join(parts)}")
             for key, value in report["fields"].items():
                 click.echo(f"  {key}: {_escape_value(value)}")
         click.echo("")

@@ -816,6 +816,14 @@ class CaseStore:
                         "sha256": att.sha256,
                     }
                 )
+        envelopes = {
+            inbox_id: (size, client_addr, list(rcpts or []))
+            for inbox_id, size, client_addr, rcpts in session.exec(
+                select(InboxEntry.id, InboxEntry.size, InboxEntry.client_addr, InboxEntry.rcpt_tos).where(
+                    InboxEntry.id.in_([m.inbox_id for m in messages])
+                )
+            ).all()
+        }
         indicators = session.exec(
             select(IndicatorRow.kind, IndicatorRow.value)
             .where(IndicatorRow.case_pk == case.id)
@@ -844,6 +852,9 @@ class CaseStore:
                         "received_at": _iso(m.received_at),
                         "message_id": m.message_id,
                         "sha256": m.sha256,
+                        "size": envelopes.get(m.inbox_id, (None,))[0],
+                        "client_addr": envelopes.get(m.inbox_id, (None, None))[1],
+                        "recipients": envelopes.get(m.inbox_id, (None, None, []))[2],
                         "thread_signal": m.thread_signal,
                         "thread_ref": m.thread_ref,
                         "text": m.escaped_text,

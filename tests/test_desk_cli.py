@@ -3,6 +3,7 @@ people say them. Each through the real CLI on a real store (SQLite and PostgreSQ
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -222,3 +223,31 @@ def _other_case_id(case_id: str) -> str:
 
     other = new_case_id()
     return other if other != case_id else new_case_id()
+
+
+def test_cases_show_names_things_in_words_and_is_audited(gateway, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    raw = load_eml("report_phishing.eml")
+    gateway.send(raw, mail_from="bounce-handler@mta.example.net")
+    gateway.wait_idle()
+    [case] = gateway.store.list_cases()
+    reply = (
+        f"From: Rita Reporter <reporter@example.net>\r\nTo: abuse@example.org\r\n"
+        f"Subject: Re: [{case['case_id']}] We received your report\r\n"
+        f"Message-ID: <{uuid.uuid4().hex}@mail.example.net>\r\n\r\nThe zip password is: infected\r\n"
+    ).encode()
+    gateway.send(reply, mail_from="bounce-handler@mta.example.net")
+    gateway.wait_idle()
+    config = _cli_on(gateway, tmp_path)
+    shown = run_cli(config, "cases", "show", case["case_id"])
+    assert "From: reporter@example.net   (header)" in shown
+    assert "Envelope sender: bounce-handler@mta.example.net" in shown
+    assert "Threading: opened a new case" in shown
+    assert "Threading: joined by the case ID in the subject" in shown
+    assert "Kind: written by a person" in shown
+    assert "Envelope recipients: abuse@example.org" in shown
+    assert "Client address: 127.0.0.1" in shown
+    assert f"Size: {len(raw)} bytes  sha256 {hashlib.sha256(raw).hexdigest()}" in shown
+    assert "CSAM: no; legal hold: no" in shown
+    assert "None" not in shown
+    audit = json.loads(run_cli(config, "audit", "list", "--json"))
+    assert any(e["action"] == "show" and e["target"] == case["case_id"] for e in audit)
