@@ -109,6 +109,7 @@ class ThreadDecision:
     confirm: ConfirmRequest | None = None
     duplicate: bool = False  # the same bytes were stored before: keep the inbox entry, add no message
     bounced: tuple[str, ...] = ()  # Message-IDs of our confirmations this bounce returns
+    reopen: bool = True  # may this message reopen a closed case (not when unverified or automatic)
 
 
 class Lookup(Protocol):
@@ -195,18 +196,18 @@ class _SessionLookup:
         return _scalar(found)
 
     def participants(self, case_id: str) -> set[str]:
+        """Envelope senders of the case's first message and of its verified messages (issue 15): never a
+        `From:` header (anyone can write one), never the sender of an automatic or unverified message, so
+        a stranger cannot become a participant by replying to a stranger."""
         rows = self.session.exec(
-            select(Message.envelope_sender, Message.from_addr, Message.thread_signal, Message.index)
+            select(Message.envelope_sender, Message.kind, Message.flags, Message.index)
             .join(Case, Message.case_pk == Case.id)
-            .where(Case.case_id == case_id)
+            .where(Case.case_id == case_id, Message.envelope_sender != "")
         ).all()
         people: set[str] = set()
-        for sender, from_addr, signal, index in rows:
-            if index == 1 or signal in ("token", "header"):
-                people.update(a.lower() for a in (sender, from_addr) if a)
-        reporter = self.session.exec(select(Case.reporter).where(Case.case_id == case_id)).first()
-        if _scalar(reporter):
-            people.add(str(_scalar(reporter)).lower())
+        for sender, kind, flags, index in rows:
+            if index == 1 or (kind != "automatic" and "unverified_sender" not in (flags or ())):
+                people.add(sender.strip().lower())
         return people
 
     def confirmations_since(self, recipient: str, since: datetime) -> int:
@@ -525,7 +526,7 @@ class CaseStore:
             case_id, (case_pk, status) = str(decision.case_id), existing
             kind = "amendment" if item.kind == "report" else item.kind
             values: dict[str, Any] = {"updated_at": now}
-            if status == "closed":
+            if status == "closed" and decision.reopen:
                 values["status"] = "open"
                 session.execute(
                     insert(CaseEvent.__table__).values(
