@@ -122,7 +122,7 @@ def serve(ctx: click.Context, config_path: str | None, workers: int | None) -> N
         logging.getLogger("abuse_gateway").warning("%s", note)
     try:
         run_service(config)
-    except StoreNotReady as exc:
+    except (StoreNotReady, ConfigError) as exc:
         click.echo(f"abuse-gateway: {exc}", err=True)
         ctx.exit(EX_USAGE)
     except KeyboardInterrupt:

@@ -240,7 +240,20 @@ def effective_settings(config: Config) -> dict[str, Any]:
     dumped = config.model_dump(by_alias=True)
     if dumped["confirm"].get("smarthost_password"):
         dumped["confirm"]["smarthost_password"] = "********"
+    dumped["store"]["url"] = _masked_url(dumped["store"]["url"])
     return dumped
+
+
+def _masked_url(url: str) -> str:
+    """The store URL with its password replaced (a PostgreSQL URL carries it: issue 15)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return "********"  # unparseable: it may be all secret
+    return parsed.render_as_string(hide_password=True) if parsed.password else url
 
 
 def warnings_for(config: Config) -> list[str]:

@@ -54,6 +54,31 @@ MEMORY_BUDGET = 64 * 1024 * 1024
 _COMMAND_STREAM_LIMIT = 1001
 
 
+# Longest piece of client text a log line carries (an unknown command word, a peer string).
+_LOGGED_CLIENT_TEXT = 40
+
+
+def loggable(value: object) -> str:
+    """Client text as a log may hold it: control and non-ASCII characters as visible escapes, truncated
+    (issue 15: aiosmtpd logs an unknown command word as the client sent it, ESC sequences and all)."""
+    shown = repr(value if isinstance(value, str) else str(value))[1:-1]
+    if len(shown) > _LOGGED_CLIENT_TEXT:
+        shown = shown[:_LOGGED_CLIENT_TEXT] + f"...({len(shown)} chars)"
+    return shown
+
+
+class _EscapeClientText(logging.Filter):
+    """On aiosmtpd's logger: every string argument escaped and truncated before any handler sees it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(loggable(a) if isinstance(a, (str, bytes)) else a for a in record.args)
+        return True
+
+
+_ESCAPE_CLIENT_TEXT = _EscapeClientText()
+
+
 @dataclass
 class ConnectionLimits:
     """Counts of live sessions, in total and per client IP; the only shared state of the listener."""
@@ -209,9 +234,17 @@ class GatewayHandler:
         # (the system's temporary directory if the spool is unusable: that is answered when spooling).
         self.data_dir: str | None = config.store.spool_dir
         try:
-            Path(config.store.spool_dir).mkdir(parents=True, exist_ok=True)
+            Path(config.store.spool_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError:
             self.data_dir = None
+
+    async def handle_EHLO(
+        self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
+    ) -> list[str]:
+        """aiosmtpd's EHLO reply without AUTH: the gateway authenticates nobody, and offering AUTH after
+        STARTTLS invites password guessing against a mechanism that cannot succeed (issue 15)."""
+        session.host_name = hostname
+        return [line for line in responses if not line[4:].upper().startswith("AUTH")]
 
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
@@ -329,6 +362,7 @@ async def start_listeners(
     serve the given sockets (socket activation, or a SO_REUSEPORT group of `processes` listener
     processes: each admits its share of `max_sessions`)."""
     logging.getLogger("mail.log").setLevel(logging.WARNING)  # its INFO lines cost ~25 % of throughput
+    logging.getLogger("mail.log").addFilter(_ESCAPE_CLIENT_TEXT)
     limits = ConnectionLimits(-(-config.smtp.max_sessions // processes), config.smtp.max_sessions_per_ip)
     factory = protocol_factory(handler, limits)
     loop = asyncio.get_running_loop()

@@ -22,6 +22,10 @@ from parsers.case_ref import find_case_ids, find_case_ids_in_body
 from parsers.reply_token import token_from_address, verify_reply_token
 from storage.store import ConfirmRequest, Lookup, PreparedMessage, ThreadDecision
 
+# Message-IDs asked of the store per header: the nearest ancestors are the last References (RFC 5322
+# §3.6.4), and a chain of 300,000 once hit SQLite's bound-variable limit (issue 15).
+_HEADER_IDS = 50
+
 ConfirmPolicy = Callable[[PreparedMessage, Lookup, bool], ConfirmRequest | None]
 
 
@@ -57,7 +61,11 @@ class Threader:
         if case_id and lookup.case(case_id):
             return case_id, "token", case_id, []
         parsed = item.parsed
-        header_ids = [*parsed.in_reply_to, *reversed(parsed.references), *item.returned_message_ids]
+        header_ids = [
+            *parsed.in_reply_to[:_HEADER_IDS],
+            *list(reversed(parsed.references))[:_HEADER_IDS],
+            *item.returned_message_ids[:_HEADER_IDS],
+        ]
         case_id = lookup.case_for_message_ids(header_ids)
         if case_id:
             return case_id, "header", case_id, []
@@ -122,7 +130,9 @@ class Threader:
             confirm = ConfirmRequest(
                 recipient=confirm.recipient, kind=confirm.kind, suppressed_reason="unverified_sender"
             )
-        bounced = item.returned_message_ids if item.kind == "automatic" and signal == "header" else ()
+        bounced = ()
+        if item.kind == "automatic" and signal == "header":
+            bounced = item.returned_message_ids[:_HEADER_IDS]
         return ThreadDecision(
             case_id=case_id,
             signal=signal,

@@ -137,6 +137,9 @@ class Committed:
     received_at: datetime | None = None
 
 
+_MAX_LOOKUP_IDS = 500
+
+
 class _SessionLookup:
     def __init__(self, session: Session) -> None:
         self.session = session
@@ -178,7 +181,8 @@ class _SessionLookup:
     def case_for_message_ids(self, message_ids: Sequence[str]) -> str | None:
         if not message_ids:
             return None
-        ids = list(message_ids)
+        # Bounded whatever the caller passes: SQLite allows 32,766 bound variables per statement.
+        ids = list(dict.fromkeys(message_ids))[:_MAX_LOOKUP_IDS]
         found = self.session.exec(
             select(Case.case_id)
             .join(Message, Message.case_pk == Case.id)
