@@ -44,9 +44,12 @@ class SmtpConfig(_Section):
     max_recipients: int = Field(default=50, gt=0)
     # Each session holds up to 256 KB of DATA in memory (beyond that a temporary file in the spool
     # directory: gateway/data.py), and large messages are read back under a 64 MB budget.
+    # A full listener gives a newcomer the longest-idle session of the client holding the most (smtp.py).
     max_sessions: int = Field(default=200, gt=0)
+    # Per client: an IPv4 address or an IPv6 /64.
     max_sessions_per_ip: int = Field(default=20, gt=0)
-    # Idle timeout per command (RFC 5321 §4.5.3.2 suggests 5 minutes) and a hard cap on a whole session.
+    # Idle timeout (RFC 5321 §4.5.3.2 suggests 5 minutes), counted from the last command that moves the
+    # transaction (NOOP, RSET, HELP do not), and a hard cap on a whole session.
     idle_timeout: float = Field(default=300.0, gt=0)
     session_deadline: float = Field(default=1800.0, gt=0)
     tls_cert: str | None = None
