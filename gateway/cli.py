@@ -163,6 +163,9 @@ def serve(ctx: click.Context, config_path: str | None, workers: int | None) -> N
     except StoreNotReady as exc:
         click.echo(f"abuse-gateway: store {store_location(config.store.url)}: {exc}", err=True)
         ctx.exit(EX_USAGE)
+    except ConfigError as exc:  # a key file refused at start (issue 15)
+        click.echo(f"abuse-gateway: configuration error: {exc}", err=True)
+        ctx.exit(EX_USAGE)
     except SQLAlchemyError as exc:
         where = store_location(config.store.url)
         click.echo(f"abuse-gateway: store {where} unavailable: {type(exc).__name__}", err=True)

@@ -45,9 +45,12 @@ class SmtpConfig(_Section):
     max_recipients: int = Field(default=50, gt=0)
     # Each session holds up to 256 KB of DATA in memory (beyond that a temporary file in the spool
     # directory: gateway/data.py), and large messages are read back under a 64 MB budget.
+    # A full listener gives a newcomer the longest-idle session of the client holding the most (smtp.py).
     max_sessions: int = Field(default=200, gt=0)
+    # Per client: an IPv4 address or an IPv6 /64.
     max_sessions_per_ip: int = Field(default=20, gt=0)
-    # Idle timeout per command (RFC 5321 §4.5.3.2 suggests 5 minutes) and a hard cap on a whole session.
+    # Idle timeout (RFC 5321 §4.5.3.2 suggests 5 minutes), counted from the last command that moves the
+    # transaction (NOOP, RSET, HELP do not), and a hard cap on a whole session.
     idle_timeout: float = Field(default=300.0, gt=0)
     session_deadline: float = Field(default=1800.0, gt=0)
     tls_cert: str | None = None
@@ -347,6 +350,7 @@ def effective_settings(config: Config) -> dict[str, Any]:
     dumped = config.model_dump(by_alias=True)
     if dumped["confirm"].get("smarthost_password"):
         dumped["confirm"]["smarthost_password"] = "********"
+    dumped["store"]["url"] = _masked_url(dumped["store"]["url"])
     return dumped
 
 
@@ -371,6 +375,16 @@ def file_problems(config: Config) -> list[str]:
         except (ssl.SSLError, ValueError) as exc:
             problems.append(f"[smtp] `tls_cert`/`tls_key`: not a matching certificate and key ({exc})")
     return problems
+def _masked_url(url: str) -> str:
+    """The store URL with its password replaced (a PostgreSQL URL carries it: issue 15)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return "********"  # unparseable: it may be all secret
+    return parsed.render_as_string(hide_password=True) if parsed.password else url
 
 
 def warnings_for(config: Config) -> list[str]:

@@ -31,7 +31,7 @@ from pathlib import Path
 import aiosmtplib
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
-from gateway.config import Config
+from gateway.config import Config, ConfigError
 from parsers.auto import is_bulk_or_list
 from parsers.reply_token import make_reply_token
 from storage.store import CaseStore, ConfirmRequest, Lookup, OutboxJob, PreparedMessage
@@ -59,10 +59,11 @@ _SYSTEM_LOCALPARTS = {
 
 def _read_or_create_key(path: Path) -> bytes:
     try:
+        _refuse_shared(path)
         return path.read_bytes().strip()
     except FileNotFoundError:
         pass
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     key = secrets.token_hex(32).encode()
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -72,6 +73,18 @@ def _read_or_create_key(path: Path) -> bytes:
         handle.write(key + b"\n")
     log.info("created reply-token key: path=%s", path)
     return key
+
+
+class KeyFileError(ConfigError):
+    """A reply-token key others can read: anyone on the host could forge reply addresses."""
+
+
+def _refuse_shared(path: Path) -> None:
+    if path.stat().st_mode & 0o077:
+        raise KeyFileError(
+            f"confirm.secret_file {path} is readable by others (mode {path.stat().st_mode & 0o777:o}); "
+            f"anyone who reads it can forge reply addresses: chmod 600 {path}"
+        )
 
 
 def load_token_keys(config: Config) -> list[bytes]:
@@ -341,9 +354,10 @@ class ConfirmWorker:
 
     def _write_eml(self, raw: bytes, message_id: str) -> None:
         directory = Path(self.config.confirm.outbox_dir)
-        directory.mkdir(parents=True, exist_ok=True)
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)  # confirmations name reporters
         name = message_id.strip("<>").replace("/", "_")
         target = directory / f"{name}.eml"
         tmp = directory / f".{name}.tmp"
-        tmp.write_bytes(raw)
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as handle:
+            handle.write(raw)
         os.replace(tmp, target)

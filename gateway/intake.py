@@ -30,6 +30,7 @@ from parsers.indicators import extract_indicators, indicator_host
 from parsers.message import ParseLimits, parse_message
 from parsers.reports import is_csam, parse_machine_report
 from parsers.types import Indicator, MachineReport, ParsedMessage
+from storage.errors import is_outage
 from storage.store import CaseStore, ClaimedEntry, Committed, PreparedMessage
 
 log = logging.getLogger("abuse_gateway.intake")
@@ -369,9 +370,7 @@ class IntakeWorker:
 
     @staticmethod
     def _is_outage(exc: Exception) -> bool:
-        from sqlalchemy.exc import DisconnectionError, OperationalError
-
-        return isinstance(exc, (OperationalError, DisconnectionError))
+        return is_outage(exc)
 
     def _commit_one_by_one(self, prepared: Sequence[PreparedMessage]) -> list[Committed]:
         """A batch failed: find the entry that breaks the commit so it cannot hold up the others. The one

@@ -9,6 +9,7 @@ spooled), a 451 when neither store nor spool can take them, and nothing else.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import socket
 import ssl
@@ -54,36 +55,108 @@ MEMORY_BUDGET = 64 * 1024 * 1024
 _COMMAND_STREAM_LIMIT = 1001
 
 
+# Longest piece of client text a log line carries (an unknown command word, a peer string).
+_LOGGED_CLIENT_TEXT = 40
+
+
+def loggable(value: object) -> str:
+    """Client text as a log may hold it: control and non-ASCII characters as visible escapes, truncated
+    (issue 15: aiosmtpd logs an unknown command word as the client sent it, ESC sequences and all)."""
+    shown = repr(value if isinstance(value, str) else str(value))[1:-1]
+    if len(shown) > _LOGGED_CLIENT_TEXT:
+        shown = shown[:_LOGGED_CLIENT_TEXT] + f"...({len(shown)} chars)"
+    return shown
+
+
+class _EscapeClientText(logging.Filter):
+    """On aiosmtpd's logger: every string argument escaped and truncated before any handler sees it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(loggable(a) if isinstance(a, (str, bytes)) else a for a in record.args)
+        return True
+
+
+_ESCAPE_CLIENT_TEXT = _EscapeClientText()
+
+
+def client_key(ip: str) -> str:
+    """The unit per-client limits count: an IPv4 address, or an IPv6 /64 (one subscriber's or one
+    server's network: a single host can take any of its 2**64 addresses, so counting addresses limits
+    nothing; issue 15). An IPv4-mapped IPv6 address counts as its IPv4 address."""
+    try:
+        address = ipaddress.ip_address(ip.split("%", 1)[0])
+    except ValueError:
+        return ip
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
+
+
 @dataclass
 class ConnectionLimits:
-    """Counts of live sessions, in total and per client IP; the only shared state of the listener."""
+    """Counts of live sessions, in total and per client (`client_key`); the only shared state of the
+    listener. When the listener is full, a newcomer whose client holds fewer sessions than the busiest
+    one takes the slot of that client's session idle the longest (issue 15: 200 idle sessions from 10
+    addresses must not lock out an eleventh client)."""
 
     max_sessions: int
     max_per_ip: int
     total: int = 0
     per_ip: Counter[str] = field(default_factory=Counter)
     idle: asyncio.Event = field(default_factory=asyncio.Event)
+    sessions: dict[GatewaySMTP, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.idle.set()
 
-    def admit(self, ip: str) -> bool:
-        if self.total >= self.max_sessions or self.per_ip[ip] >= self.max_per_ip:
+    def admit(self, ip: str, session: GatewaySMTP | None = None) -> bool:
+        key = client_key(ip)
+        if self.per_ip[key] >= self.max_per_ip:
             return False
+        if self.total >= self.max_sessions:
+            victim = self._evictable(key)
+            if victim is None:
+                return False
+            victim.evict()
         self.total += 1
-        self.per_ip[ip] += 1
+        self.per_ip[key] += 1
+        if session is not None:
+            self.sessions[session] = key
         self.idle.clear()
         metrics.SESSIONS.set(self.total)
         return True
 
-    def release(self, ip: str) -> None:
+    def _evictable(self, newcomer: str) -> GatewaySMTP | None:
+        """The session idle the longest (not inside DATA) of the client with the most sessions, if that
+        client has more than the newcomer's would have."""
+        candidates = [s for s in self.sessions if not s.busy]
+        if not candidates:
+            return None
+        victim = max(candidates, key=lambda s: (self.per_ip[self.sessions[s]], -s.progress_at))
+        if self.per_ip[self.sessions[victim]] <= self.per_ip[newcomer] + 1:
+            return None
+        return victim
+
+    def release(self, ip: str, session: GatewaySMTP | None = None) -> None:
+        if session is not None:
+            self.sessions.pop(session, None)
+        key = client_key(ip)
         self.total -= 1
-        self.per_ip[ip] -= 1
-        if self.per_ip[ip] <= 0:
-            del self.per_ip[ip]
+        self.per_ip[key] -= 1
+        if self.per_ip[key] <= 0:
+            del self.per_ip[key]
         metrics.SESSIONS.set(self.total)
         if self.total <= 0:
             self.idle.set()
+
+
+# Commands that move a transaction forward (RFC 5321 §4.1.1); NOOP, RSET, HELP, VRFY and EXPN do not, and
+# a client that only sends those is idle (issue 15: NOOP every 299 s held a session for the whole deadline).
+_PROGRESS_COMMANDS = ("HELO", "EHLO", "MAIL", "RCPT", "DATA", "STARTTLS", "AUTH", "QUIT")
+SESSION_EVICTED = "421 4.7.0 Too many connections, closing the longest idle session"
 
 
 class GatewaySMTP(SMTP):
@@ -107,13 +180,54 @@ class GatewaySMTP(SMTP):
         self._deadline_handle: asyncio.TimerHandle | None = None
         self._admitted_ip: str | None = None
         self.started = time.monotonic()
+        self.progress_at = self.started  # the idle limit counts from here
+        self.busy = False  # inside DATA: never evicted
+        self._evicted = False
+        for command in _PROGRESS_COMMANDS:
+            method = self._smtp_methods.get(command)
+            if method is not None:
+                self._smtp_methods[command] = self._progressing(method)
+
+    def _progressing(self, method: Callable[[str], Any]) -> Callable[[str], Any]:
+        async def run(arg: str) -> None:
+            self._progress()
+            await method(arg)
+
+        return run
+
+    def _progress(self) -> None:
+        self.progress_at = time.monotonic()
+        self._reset_timeout()
+
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        """aiosmtpd resets its idle timer on every command; ours runs from the last one that moved the
+        transaction, so NOOP/RSET/HELP cannot keep a session open."""
+        if duration is None:
+            remaining = self.progress_at + self._timeout_duration - time.monotonic()
+            duration = max(remaining, 0.001)  # aiosmtpd reads 0 as "the full timeout"
+        super()._reset_timeout(duration)
+
+    def evict(self) -> None:
+        """Make room for a new client (ConnectionLimits): this session's slot is given up at once."""
+        if self._admitted_ip is None:
+            return
+        log.warning("evicted: reason=longest_idle client=%s", self._admitted_ip)
+        metrics.REFUSED.labels("evicted_idle").inc()
+        self._limits.release(self._admitted_ip, self)
+        self._admitted_ip = None
+        self._evicted = True
+        if self._deadline_handle is not None:
+            self._deadline_handle.cancel()
+        if self.transport is not None:
+            self.transport.write(SESSION_EVICTED.encode() + b"\r\n")  # type: ignore[attr-defined]
+            self.transport.close()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         first = self.transport is None
         if first:
             peer = transport.get_extra_info("peername")
             ip = str(peer[0]) if peer else "?"
-            if not self._limits.admit(ip):
+            if not self._limits.admit(ip, self):
                 log.warning("refused: reason=too_many_connections client=%s", ip)
                 metrics.REFUSED.labels("too_many_connections").inc()
                 transport.write(TOO_MANY_CONNECTIONS.encode() + b"\r\n")  # type: ignore[attr-defined]
@@ -128,6 +242,14 @@ class GatewaySMTP(SMTP):
         reader._limit = _COMMAND_STREAM_LIMIT  # type: ignore[attr-defined]  # raised only inside DATA
 
     async def smtp_DATA(self, arg: str) -> None:
+        """A session inside DATA (or its commit) is busy, never evicted as idle."""
+        self.busy = True
+        try:
+            await self._receive_data(arg)
+        finally:
+            self.busy = False
+
+    async def _receive_data(self, arg: str) -> None:
         """aiosmtpd's DATA (same checks, same order, same hook), receiving into `gateway.data`."""
         if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
             return
@@ -164,12 +286,15 @@ class GatewaySMTP(SMTP):
         finally:
             received.close()
         self._set_post_data_state()
+        self._progress()  # the end of DATA moved the transaction too
         await self.push(status)
 
     def connection_lost(self, error: Exception | None) -> None:
         if self._admitted_ip is None:
+            if self._evicted:
+                super().connection_lost(error)
             return  # refused at the door: aiosmtpd never set up this session
-        self._limits.release(self._admitted_ip)
+        self._limits.release(self._admitted_ip, self)
         self._admitted_ip = None
         if self._deadline_handle is not None:
             self._deadline_handle.cancel()
@@ -209,9 +334,17 @@ class GatewayHandler:
         # (the system's temporary directory if the spool is unusable: that is answered when spooling).
         self.data_dir: str | None = config.store.spool_dir
         try:
-            Path(config.store.spool_dir).mkdir(parents=True, exist_ok=True)
+            Path(config.store.spool_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError:
             self.data_dir = None
+
+    async def handle_EHLO(
+        self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
+    ) -> list[str]:
+        """aiosmtpd's EHLO reply without AUTH: the gateway authenticates nobody, and offering AUTH after
+        STARTTLS invites password guessing against a mechanism that cannot succeed (issue 15)."""
+        session.host_name = hostname
+        return [line for line in responses if not line[4:].upper().startswith("AUTH")]
 
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
@@ -329,6 +462,7 @@ async def start_listeners(
     serve the given sockets (socket activation, or a SO_REUSEPORT group of `processes` listener
     processes: each admits its share of `max_sessions`)."""
     logging.getLogger("mail.log").setLevel(logging.WARNING)  # its INFO lines cost ~25 % of throughput
+    logging.getLogger("mail.log").addFilter(_ESCAPE_CLIENT_TEXT)
     limits = ConnectionLimits(-(-config.smtp.max_sessions // processes), config.smtp.max_sessions_per_ip)
     factory = protocol_factory(handler, limits)
     loop = asyncio.get_running_loop()

@@ -5,10 +5,13 @@
     subject  a case ID in the Subject (the first that exists wins; others become cross-references)
     body     a case ID in the first lines of the new text or in the quoted tail
 
-A reference to no existing case opens a new case and is recorded; it is never refused. A message that
-only a subject or body signal ties to a case, from someone who is not a participant, is stored in it but
-flagged `unverified_sender` and never changes the case's reporter (issue 5: a guessed or copied ID must
-not slip content into someone else's case unnoticed).
+A reference to no existing case opens a new case and is recorded; it is never refused. A message tied
+to a case by any signal whose envelope sender is not a participant is stored in it but flagged
+`unverified_sender`, never changes the case's reporter and gets no acknowledgement (issues 5 and 15: a
+guessed or copied ID, Message-ID or reply token must not slip content into someone else's case unnoticed).
+Participants are envelope senders of the first message and of verified, non-automatic messages, so a
+reply to a stranger's message inherits the flag. An unverified or automatic message never reopens a
+closed case: it joins it, flagged `joined_closed_case`.
 """
 
 from __future__ import annotations
@@ -18,6 +21,10 @@ from collections.abc import Callable, Sequence
 from parsers.case_ref import find_case_ids, find_case_ids_in_body
 from parsers.reply_token import token_from_address, verify_reply_token
 from storage.store import ConfirmRequest, Lookup, PreparedMessage, ThreadDecision
+
+# Message-IDs asked of the store per header: the nearest ancestors are the last References (RFC 5322
+# §3.6.4), and a chain of 300,000 once hit SQLite's bound-variable limit (issue 15).
+_HEADER_IDS = 50
 
 ConfirmPolicy = Callable[[PreparedMessage, Lookup, bool], ConfirmRequest | None]
 
@@ -54,7 +61,11 @@ class Threader:
         if case_id and lookup.case(case_id):
             return case_id, "token", case_id, []
         parsed = item.parsed
-        header_ids = [*parsed.in_reply_to, *reversed(parsed.references), *item.returned_message_ids]
+        header_ids = [
+            *parsed.in_reply_to[:_HEADER_IDS],
+            *list(reversed(parsed.references))[:_HEADER_IDS],
+            *item.returned_message_ids[:_HEADER_IDS],
+        ]
         case_id = lookup.case_for_message_ids(header_ids)
         if case_id:
             return case_id, "header", case_id, []
@@ -96,19 +107,45 @@ class Threader:
             if grouped:
                 case_id, signal, ref = grouped, "none", grouped
                 flags.append("grouped")
-        if case_id is not None and signal in ("subject", "body"):
-            sender = (item.entry.mail_from or parsed.from_addr or "").lower()
-            from_addr = (parsed.from_addr or "").lower()
-            people = lookup.participants(case_id)
-            if sender not in people and from_addr not in people:
+        unverified = False
+        if case_id is not None and signal != "none":  # "none" here: our own grouping of machine reports
+            unverified = self._unverified(item, lookup, case_id)
+            if unverified:
                 flags.append("unverified_sender")
+        reopen = not unverified and item.kind != "automatic"
+        if case_id is not None and not reopen:
+            info = lookup.case(case_id)
+            if info is not None and info.status == "closed":
+                flags.append("joined_closed_case")  # stays closed; the desk sees the flag
         if case_id is None and ref is not None:
             flags.append("unknown_case_reference")
         flags += [f"cross_reference:{other}" for other in cross_refs]
         confirm = None
         if self.confirm_policy is not None:
             confirm = self.confirm_policy(item, lookup, case_id is None)
-        bounced = item.returned_message_ids if item.kind == "automatic" and signal == "header" else ()
+        if unverified and confirm is not None and confirm.suppressed_reason is None:
+            # No acknowledgement at all: one would hand a stranger the signed reply address (and with it
+            # an unflagged way in), and even one without it would confirm that a guessed case ID exists
+            # and mail a possibly forged envelope sender. Recorded as a suppression so the desk sees it.
+            confirm = ConfirmRequest(
+                recipient=confirm.recipient, kind=confirm.kind, suppressed_reason="unverified_sender"
+            )
+        bounced = ()
+        if item.kind == "automatic" and signal == "header":
+            bounced = item.returned_message_ids[:_HEADER_IDS]
         return ThreadDecision(
-            case_id=case_id, signal=signal, ref=ref, flags=tuple(flags), confirm=confirm, bounced=bounced
+            case_id=case_id,
+            signal=signal,
+            ref=ref,
+            flags=tuple(flags),
+            confirm=confirm,
+            bounced=bounced,
+            reopen=reopen,
         )
+
+    @staticmethod
+    def _unverified(item: PreparedMessage, lookup: Lookup, case_id: str) -> bool:
+        """Whatever signal matched (a token or a Message-ID can be copied as easily as a subject), only an
+        envelope sender that is already a participant is verified; the `From:` header never counts."""
+        sender = (item.entry.mail_from or "").strip().lower()
+        return not sender or sender not in lookup.participants(case_id)

@@ -18,6 +18,7 @@ which the listener's inbox commits wait for.
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 from typing import Any
 
@@ -55,12 +56,23 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any, synchronous: str = "FUL
     cursor.close()
 
 
+def _private_file(path: Path) -> None:
+    """The store holds evidence (and CSAM reports): its directory is created 0700 and the file 0600
+    before SQLite opens it, whatever the umask (issue 15). SQLite gives its -wal and -shm files the
+    database file's mode. Existing files keep the mode their owner chose."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
+
+
 def make_engine(url: str, *, durable: bool = True) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database
         if database and database != ":memory:":
-            Path(database).parent.mkdir(parents=True, exist_ok=True)
+            _private_file(Path(database))
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 5})
         pragmas = _sqlite_pragmas if durable else functools.partial(_sqlite_pragmas, synchronous="NORMAL")
         event.listen(engine, "connect", pragmas)

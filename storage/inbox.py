@@ -125,7 +125,7 @@ class Spool:
         self.directory = Path(directory)
 
     def write(self, uid: str, raw: bytes, envelope: Envelope, received_at: datetime) -> Path:
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         meta = json.dumps(
             {
                 "uid": uid,
@@ -165,7 +165,7 @@ class Spool:
 
     def writable(self) -> bool:
         try:
-            self.directory.mkdir(parents=True, exist_ok=True)
+            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError:
             return False
         return os.access(self.directory, os.W_OK)

@@ -115,6 +115,7 @@ class ThreadDecision:
     confirm: ConfirmRequest | None = None
     duplicate: bool = False  # the same bytes were stored before: keep the inbox entry, add no message
     bounced: tuple[str, ...] = ()  # Message-IDs of our confirmations this bounce returns
+    reopen: bool = True  # may this message reopen a closed case (not when unverified or automatic)
 
 
 class Lookup(Protocol):
@@ -140,6 +141,9 @@ class Committed:
     signal: str
     duplicate: bool = False
     received_at: datetime | None = None
+
+
+_MAX_LOOKUP_IDS = 500
 
 
 class _SessionLookup:
@@ -186,7 +190,8 @@ class _SessionLookup:
     def case_for_message_ids(self, message_ids: Sequence[str]) -> str | None:
         if not message_ids:
             return None
-        ids = list(message_ids)
+        # Bounded whatever the caller passes: SQLite allows 32,766 bound variables per statement.
+        ids = list(dict.fromkeys(message_ids))[:_MAX_LOOKUP_IDS]
         found = self.session.exec(
             select(Case.case_id)
             .join(Message, Message.case_pk == Case.id)
@@ -204,18 +209,18 @@ class _SessionLookup:
         return _scalar(found)
 
     def participants(self, case_id: str) -> set[str]:
+        """Envelope senders of the case's first message and of its verified messages (issue 15): never a
+        `From:` header (anyone can write one), never the sender of an automatic or unverified message, so
+        a stranger cannot become a participant by replying to a stranger."""
         rows = self.session.exec(
-            select(Message.envelope_sender, Message.from_addr, Message.thread_signal, Message.index)
+            select(Message.envelope_sender, Message.kind, Message.flags, Message.index)
             .join(Case, Message.case_pk == Case.id)
-            .where(Case.case_id == case_id)
+            .where(Case.case_id == case_id, Message.envelope_sender != "")
         ).all()
         people: set[str] = set()
-        for sender, from_addr, signal, index in rows:
-            if index == 1 or signal in ("token", "header"):
-                people.update(a.lower() for a in (sender, from_addr) if a)
-        reporter = self.session.exec(select(Case.reporter).where(Case.case_id == case_id)).first()
-        if _scalar(reporter):
-            people.add(str(_scalar(reporter)).lower())
+        for sender, kind, flags, index in rows:
+            if index == 1 or (kind != "automatic" and "unverified_sender" not in (flags or ())):
+                people.add(sender.strip().lower())
         return people
 
     def confirmations_since(self, recipient: str, since: datetime) -> int:
@@ -573,7 +578,7 @@ class CaseStore:
             case_id, (case_pk, status) = str(decision.case_id), existing[:2]
             kind = "amendment" if item.kind == "report" else item.kind
             values: dict[str, Any] = {"updated_at": now}
-            if status == "closed":
+            if status == "closed" and decision.reopen:
                 values["status"] = "open"
                 session.execute(
                     insert(CaseEvent.__table__).values(
