@@ -410,7 +410,19 @@ def _clean(text: str) -> str:
     return text.replace("\x00", "\ufffd") if "\x00" in text else text
 
 
+_HEADER_SCAN = 256 * 1024
 _NULL_ADDRESS = re.compile(r"<\s*>")
+_RETURN_PATH = re.compile(rb"^Return-Path:[ \t]*<?([^<>\s]*)>?[ \t]*\r?$", re.IGNORECASE | re.MULTILINE)
+
+
+def return_path(raw: bytes) -> str | None:
+    """The envelope sender the last delivering MTA recorded (RFC 5321 §4.4): the topmost Return-Path of
+    the header block; "" for the null sender `<>`, None when there is none. What `ingest` of a file takes
+    for the envelope it was not given. Never raises."""
+    head = raw[:_HEADER_SCAN]
+    end = re.search(rb"\r?\n\r?\n", head)
+    match = _RETURN_PATH.search(head[: end.start()] if end else head)
+    return match.group(1).decode("utf-8", "backslashreplace") if match else None
 
 
 def _header_fields(headers: list[_Header], defects: list[str]) -> dict[str, object]:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -68,3 +71,106 @@ def test_flufl_bounce_corpus_is_classified_automatic() -> None:
         if classify(parse_message(raw), None, parse_machine_report(raw)).kind != "automatic":
             missed.append(path.name)
     assert len(files) - len(missed) >= 114, missed
+
+
+# ---- point 4: a backlog import is not a pile of bounces ----------------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _config(tmp_path: Path, store_url: str, confirm: bool = True) -> Path:
+    path = tmp_path / "gateway.toml"
+    path.write_text(
+        f'[intake]\naddresses = ["abuse@example.org"]\n[log]\nlevel = "INFO"\n'
+        f'[store]\nurl = "{store_url}"\nspool_dir = "{tmp_path / "spool"}"\n'
+        f'[confirm]\nenabled = {"true" if confirm else "false"}\nfrom = "abuse@example.org"\n'
+        f'outbox_dir = "{tmp_path / "outbox"}"\nsecret_file = "{tmp_path / "reply-token.key"}"\n'
+    )
+    assert _cli(path, "db", "upgrade")[0] == 0
+    return path
+
+
+def _cli(config: Path, *args: str, input: bytes | None = None) -> tuple[int, str, str]:
+    """The real entry point in a subprocess, as an operator or an MTA pipe runs it."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "gateway", "--config", str(config), *args],
+        input=input,
+        capture_output=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+    return proc.returncode, proc.stdout.decode(), proc.stderr.decode()
+
+
+def _backlog(tmp_path: Path) -> Path:
+    folder = tmp_path / "backlog"
+    folder.mkdir()
+    for name in ("backlog_report_with_return_path.eml", "backlog_report_without_envelope.eml"):
+        (folder / name).write_bytes(load_eml(name))
+    return folder
+
+
+def _message(config: Path, case_id: str) -> dict:
+    code, out, err = _cli(config, "cases", "show", case_id, "--json")
+    assert code == 0, err
+    return json.loads(out)["messages"][0]
+
+
+def _outbox(config: Path) -> list[dict]:
+    code, out, err = _cli(config, "outbox", "list", "--json")
+    assert code == 0, err
+    return json.loads(out) if out.strip().startswith("[") else [json.loads(line) for line in out.splitlines()]
+
+
+def test_ingest_of_a_directory_without_sender_stores_reports_not_bounces(
+    tmp_path: Path, store_url: str
+) -> None:
+    config = _config(tmp_path, store_url)
+    code, out, err = _cli(config, "ingest", str(_backlog(tmp_path)))
+    assert code == 0, err
+    with_rp, without = out.split()
+    first, second = _message(config, with_rp), _message(config, without)
+    assert (first["kind"], first["sender"]) == ("report", "alice.reporter@example.net")  # topmost Return-Path
+    assert (second["kind"], second["sender"]) == ("report", None)  # unknown, not the null sender ""
+    # One `stored:` line per entry: each entry is prepared once, not once per intake child.
+    assert err.count("stored:") == 2, err
+    assert "duplicate=True" not in err
+
+
+def test_a_backlog_import_mails_nobody_unless_asked(tmp_path: Path, store_url: str) -> None:
+    config = _config(tmp_path, store_url)
+    assert _cli(config, "ingest", str(_backlog(tmp_path)))[0] == 0
+    rows = _outbox(config)
+    assert sorted(r["suppressed_reason"] for r in rows) == ["not_requested", "not_requested"]
+    assert all(r["state"] == "suppressed" for r in rows)
+
+
+def test_ingest_confirm_queues_a_confirmation_to_the_return_path(tmp_path: Path, store_url: str) -> None:
+    config = _config(tmp_path, store_url)
+    folder = _backlog(tmp_path)
+    (folder / "backlog_report_without_envelope.eml").unlink()
+    assert _cli(config, "ingest", "--confirm", str(folder))[0] == 0
+    [row] = _outbox(config)
+    assert (row["state"], row["recipient"]) == ("queued", "alice.reporter@example.net")
+
+
+def test_ingest_from_stdin_confirms_by_default_and_sender_overrides_return_path(
+    tmp_path: Path, store_url: str
+) -> None:
+    config = _config(tmp_path, store_url)
+    raw = load_eml("backlog_report_with_return_path.eml")
+    code, out, err = _cli(config, "ingest", "--sender", "carol@example.org", input=raw)
+    assert code == 0, err
+    assert _message(config, out.strip())["sender"] == "carol@example.org"
+    [row] = _outbox(config)
+    assert (row["state"], row["recipient"]) == ("queued", "carol@example.org")
+
+
+def test_ingest_of_a_null_return_path_is_a_bounce(tmp_path: Path, store_url: str) -> None:
+    config = _config(tmp_path, store_url)
+    raw = b"Return-Path: <>\r\n" + load_eml("backlog_report_without_envelope.eml")
+    code, out, err = _cli(config, "ingest", "--confirm", input=raw)
+    assert code == 0, err
+    message = _message(config, out.strip())
+    assert (message["kind"], message["sender"]) == ("automatic", "")
+
