@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import email
 import json
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -174,3 +176,39 @@ def test_ingest_of_a_null_return_path_is_a_bounce(tmp_path: Path, store_url: str
     message = _message(config, out.strip())
     assert (message["kind"], message["sender"]) == ("automatic", "")
 
+
+# ---- point 2: returned Message-IDs wherever bounces put them ----------------------------------------------
+
+REPORT = load_eml("report_phishing.eml")
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "dsn_pasted_headers_multipart_template.eml",  # headers pasted into a text/plain part of a multipart
+        "dsn_message_id_no_brackets_template.eml",  # `Message-Id: id@host`, no angle brackets
+        "dsn_text_rfc822_header_template.eml",  # text/rfc822-header, the common misspelling
+        "dsn_message_partial_template.eml",  # message/partial: the first fragment holds the headers
+    ],
+)
+def test_bounce_of_a_confirmation_lands_in_its_case_and_marks_it_bounced(
+    gateway_factory, store_url: str, smtp_sink: Sink, template: str
+) -> None:
+    gateway: RunningGateway = gateway_factory(store_url, confirm={"smarthost": smtp_sink.address})
+    gateway.send(REPORT)
+    [(_, _, confirmation)] = smtp_sink.wait_for(1)
+    gateway.wait_outbox(lambda rows: rows and rows[0]["state"] == "sent")
+    message_id = email.message_from_bytes(confirmation)["Message-ID"].strip().strip("<>")
+    bounce = load_eml(template).replace(b"{message_id}", message_id.encode())
+    bounce = bounce.replace(b"{nonce}", uuid.uuid4().hex.encode())
+    gateway.send(bounce, mail_from="")
+    gateway.wait_idle()
+    [summary] = gateway.store.list_cases()
+    case = gateway.store.show_case(summary["case_id"])
+    assert [(m["kind"], m["thread_signal"]) for m in case["messages"]] == [
+        ("report", "none"),
+        ("automatic", "header"),
+    ]
+    rows = gateway.store.list_outbox()
+    assert [r["state"] for r in rows if r["kind"] == "confirmation"] == ["bounced"]
+    assert len(smtp_sink.handler.received) == 1
