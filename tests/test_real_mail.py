@@ -212,3 +212,28 @@ def test_bounce_of_a_confirmation_lands_in_its_case_and_marks_it_bounced(
     rows = gateway.store.list_outbox()
     assert [r["state"] for r in rows if r["kind"] == "confirmation"] == ["bounced"]
     assert len(smtp_sink.handler.received) == 1
+
+
+# ---- point 3: Hotmail / Outlook.com JMRP -------------------------------------------------------------------
+
+
+def test_hotmail_jmrp_complaint_is_a_machine_report_with_the_message_as_evidence_and_no_confirmation(
+    gateway_factory, store_url: str, smtp_sink: Sink
+) -> None:
+    gateway: RunningGateway = gateway_factory(store_url, confirm={"smarthost": smtp_sink.address})
+    assert gateway.send(load_eml("jmrp_hotmail_complaint.eml"), mail_from="staff@hotmail.com")[0] == 250
+    gateway.wait_idle()
+    [summary] = gateway.store.list_cases()
+    case = gateway.store.show_case(summary["case_id"])
+    [message] = case["messages"]
+    assert (message["kind"], message["kind_rule"]) == ("machine_report", "jmrp")
+    [evidence] = message["evidence"]
+    assert "sender.example" in json.dumps(evidence)  # the complained-about message, not the robot's note
+    [row] = gateway.store.list_outbox()
+    assert (row["state"], row["suppressed_reason"]) == ("suppressed", "machine_report")
+    assert smtp_sink.handler.received == []
+
+
+def test_a_person_attaching_a_message_is_not_jmrp() -> None:
+    raw = load_eml("jmrp_hotmail_complaint.eml").replace(b"X-HmXmrOriginalRecipient", b"X-Original-To")
+    assert parse_machine_report(raw) is None
