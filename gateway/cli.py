@@ -196,15 +196,28 @@ def _iter_sources(paths: tuple[str, ...]) -> Iterator[tuple[str, bytes]]:
 
 @main.command()
 @config_option
-@click.option("--sender", default="", help="Envelope sender (an MTA pipe passes ${sender}).")
+@click.option(
+    "--sender",
+    default=None,
+    help='Envelope sender for every message (an MTA pipe passes ${sender}; "" is the null sender of a '
+    "bounce). Without it, each message's topmost Return-Path, else the sender is recorded as unknown.",
+)
 @click.option("--recipient", "recipients", multiple=True, help="Envelope recipient(s).")
+@click.option(
+    "--confirm/--no-confirm",
+    "confirm",
+    default=None,
+    help="Send confirmations to the reporters (when [confirm] is enabled). Default: --confirm for stdin "
+    "(live mail from an MTA pipe), --no-confirm for files, directories and Maildirs (a backlog).",
+)
 @click.argument("paths", nargs=-1, type=click.Path(exists=True))
 @click.pass_context
 def ingest(
     ctx: click.Context,
     config_path: str | None,
-    sender: str,
+    sender: str | None,
     recipients: tuple[str, ...],
+    confirm: bool | None,
     paths: tuple[str, ...],
 ) -> None:
     """Store messages without SMTP: one from stdin, or every file, Maildir or directory named.
@@ -220,7 +233,16 @@ def ingest(
 
     spool = Spool(config.store.spool_dir)
     rcpts = recipients or (config.intake.addresses[:1] or ("abuse@localhost",))
-    envelope = Envelope(sender, tuple(rcpts), "ingest")
+    from parsers.message import return_path
+
+    # A backlog mailing hundreds of old reporters would surprise everyone; live mail from a pipe is answered.
+    confirming = confirm if confirm is not None else not paths
+
+    def envelope_for(raw: bytes) -> Envelope:
+        """An unknown envelope is not the null sender: that made every imported report a bounce."""
+        mail_from = sender if sender is not None else return_path(raw)
+        return Envelope(mail_from, tuple(rcpts), "ingest", confirming)
+
     log = logging.getLogger("abuse_gateway.ingest")
     # A directory or Maildir is a backlog: intake children process it while this process reads files and
     # writes the inbox. A single message (an MTA pipe) is processed here, without starting anything.
@@ -252,9 +274,10 @@ def ingest(
         if not raws:
             return
         if store is None:
-            outcomes.extend(("spooled", spool_now(spool, raw, envelope).uid) for raw in raws)
+            outcomes.extend(("spooled", spool_now(spool, raw, envelope_for(raw)).uid) for raw in raws)
             return
-        for result in store_now(store.engine, spool, raws, envelope, config.store.commit_budget):
+        envelopes = [envelope_for(raw) for raw in raws]
+        for result in store_now(store.engine, spool, raws, envelopes, config.store.commit_budget):
             outcomes.append(
                 ("spooled", result.uid) if result.inbox_id is None else ("inbox", result.inbox_id)
             )
@@ -437,7 +460,10 @@ def cases_show(ctx: click.Context, case_id: str, as_json: bool) -> None:
         click.echo(f"Kind: {rule_words(message['kind'], message['kind_rule'])}")
         click.echo(f"Threading: {thread_words(message['thread_signal'], message['index'], message['flags'])}")
         click.echo(f"From: {message['from'] or '-'}   (header)")
-        click.echo(f"Envelope sender: {message['sender'] or '<> (null sender)'}")
+        sender = message["sender"]
+        if sender is None:  # imported without an envelope (issue 16): not the null sender
+            sender = "unknown (imported without an envelope)"
+        click.echo(f"Envelope sender: {sender or '<> (null sender)'}")
         click.echo(f"Envelope recipients: {', '.join(message.get('recipients') or []) or '-'}")
         click.echo(f"Client address: {message.get('client_addr') or '-'}")
         click.echo(f"Size: {message.get('size') or '-'} bytes  sha256 {message['sha256']}")

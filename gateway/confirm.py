@@ -106,6 +106,10 @@ def loop_signature(key: bytes, message_id: str) -> str:
 def _suppression(item: PreparedMessage, sender: str) -> str | None:
     """Why no auto-reply may go to this message, in RFC 3834's order of concerns; None when one may."""
     parsed = item.parsed
+    if not item.entry.confirm:  # `ingest --no-confirm`: the operator chose to mail nobody
+        return "not_requested"
+    if item.entry.mail_from is None:  # imported without envelope or Return-Path: nobody to answer
+        return "unknown_sender"
     if "processing_failed" in item.flags:
         return "unparsed"
     if "untrusted_gateway_headers" in item.flags:

@@ -142,7 +142,9 @@ def prepare(entry: ClaimedEntry, parse: ParseFn = parse_message) -> PreparedMess
     parsed = parse(entry.raw)
     report = parse_machine_report(entry.raw)
     classification = classify(parsed, entry.mail_from, report)
-    forwards = forwarded_messages(entry.raw, parsed.text) if _may_forward(parsed) and report is None else ()
+    # A JMRP complaint is the complained-about message itself: it is the evidence, as a person's forward is.
+    takes_forwards = report is None or report.format == "jmrp"
+    forwards = forwarded_messages(entry.raw, parsed.text) if takes_forwards and _may_forward(parsed) else ()
     flags = []
     if any(name.lower().startswith(_OUR_HEADER_PREFIX) for name, _ in parsed.headers):
         flags.append("untrusted_gateway_headers")

@@ -10,8 +10,9 @@ Decisions worth knowing:
 * `X-Auto-Response-Suppress` does not make a mail automatic. Exchange sets it on its own auto-generated mail,
   but Outlook and bulk senders also set it on mail people write, meaning "do not auto-reply to me". It is a
   request to the confirmation sender, so it is reported by `auto_reply_suppressed()`, not by `classify()`.
-* A `postmaster` sender alone is not a bounce: postmasters are people who file abuse reports. It counts only
-  with a delivery-failure subject (Exchange NDRs come from postmaster@). `MAILER-DAEMON` is never a person.
+* A `postmaster` sender alone is not a bounce: postmasters are people who file abuse reports.
+  `MAILER-DAEMON` and the null address `<>` (in MAIL FROM, Return-Path or From) are never a person. A
+  delivery-failure subject is (anchored, so a person's "Fwd:" of a bounce-themed lure keeps its confirmation).
 * Any `multipart/report` (RFC 6522) that is not a readable abuse report is automatic: mail clients do not
   compose that type, only MTAs and reporting software do (DSN, MDN, TLS-RPT, broken ARF).
 """
@@ -45,16 +46,31 @@ _OOO_SUBJECT = re.compile(
 )
 # TMDA's confirmation request subject; kept this narrow on purpose (see module docstring).
 _CHALLENGE_SUBJECT = re.compile(r"^\s*(?:please confirm your (?:message|e-?mail)\b|\[ask\]\s)", re.IGNORECASE)
-# Delivery-failure subjects of MTAs that send from postmaster@ (Exchange, Domino, MailSite…).
+# Delivery-failure subjects, anchored like the others (after an optional "[tag]"), so "Fwd: Mail could not be
+# delivered" from a person forwarding a phishing lure does not match. Alone they make a mail automatic: many
+# gateways (Trend IMSS, Symantec, McAfee, GroupWise, Domino) bounce from an ordinary-looking address with
+# nothing but this subject, and a person loses only a confirmation if one of them matches by accident.
 _BOUNCE_SUBJECT = re.compile(
-    r"^\s*(?:undeliverable|undelivered mail|delivery status notification|delivery (?:has )?fail|"
-    r"delivery failure|returned mail|mail delivery failed|failure notice|non remis|unzustellbar|"
-    r"nicht zustellbar|message not delivered|non recapitabile|no se puede entregar)",
+    r"^\s*(?:\[[^\]]{0,40}\]\s*)?(?:"
+    r"undeliverable|undelivered mail|delivery status notification|delivery (?:has )?fail|"
+    r"(?:e-?mail |message |permanent )?delivery failure|failure (?:notice|delivery)|"
+    r"returned mail|mail (?:system )?error\b|mail delivery (?:failed|failure|problem|warning)|"
+    r"mail (?:could not be|not) delivered|failed mail\b|mail failed\b|non[- ]delivery\b|"
+    r"delivery report\b|delivery notification: delivery has failed|"
+    r"warning: message (?:has not yet been delivered|\S+ delayed|delayed)|message delayed\b|"
+    r"delayed mail\b|automatically rejected mail|your message to \S+ could not be delivered|"
+    r"non remis|unzustellbar|nicht zustellbar|message not delivered|non recapitabile|"
+    r"no se puede entregar|utilisateur non recens|"
+    r"ваше сообщение не доставлено|недоставленное сообщение|"  # ru
+    r"メッセージを配信できません|配信不能|未送達|"  # ja (Exchange, Gmail, Yahoo! JAPAN)
+    r"退信|无法投递|邮件投递失败"  # zh
+    r")",
     re.IGNORECASE,
 )
 _REPORT_TYPE = re.compile(r"""(?:^|;)\s*report-type\s*=\s*"?([^";\s]*)""", re.IGNORECASE)
 _TOKEN = re.compile(r"\s*([A-Za-z0-9_-]+)")
-_MAILER_DAEMON = frozenset({"mailer-daemon", "mailer_daemon", "mailerdaemon"})
+# MDaemon (Alt-N) bounces from its own name; no person is called that.
+_MAILER_DAEMON = frozenset({"mailer-daemon", "mailer_daemon", "mailerdaemon", "mdaemon"})
 # Challenge-response systems: TMDA, ASK (Active Spam Killer), cPanel BoxTrapper, Spam Arrest.
 _CHALLENGE_HEADERS = ("x-challenge", "x-askversion", "x-boxtrapper", "x-spamarrest-noautoreply")
 _FALSY = frozenset({"no", "false", "0", "off"})
@@ -144,12 +160,52 @@ def _dsn_rule(parsed: ParsedMessage, envelope_sender: str | None) -> str | None:
     return_path = parsed.header("Return-Path")
     if return_path is not None and return_path.strip() in ("<>", ""):  # the null sender, recorded at delivery
         return "dsn:null-return-path"
-    if _local_part(envelope_sender) in _MAILER_DAEMON or _local_part(parsed.from_addr) in _MAILER_DAEMON:
+    # `From: <>` / `From: MAILER-DAEMON <>` (DragonFly dma, McAfee, Jetmail): the parser gives the empty
+    # address, which no person can write from and no confirmation can reach.
+    if parsed.from_addr == "":
+        return "dsn:null-from"
+    senders = (envelope_sender, parsed.from_addr, return_path)
+    if any(_local_part(address) in _MAILER_DAEMON for address in senders):
         return "dsn:mailer-daemon"
-    postmaster = "postmaster" in (_local_part(envelope_sender), _local_part(parsed.from_addr))
-    if postmaster and _BOUNCE_SUBJECT.match(parsed.subject or ""):
-        return "dsn:postmaster"
+    if _BOUNCE_SUBJECT.match(parsed.subject or ""):
+        if "postmaster" in (_local_part(envelope_sender), _local_part(parsed.from_addr)):
+            return "dsn:postmaster"
+        if parsed.from_addr is None or _is_system_name(_local_part(parsed.from_addr)):
+            return "subject:bounce"
     return None
+
+
+# Words of the mailbox names gateways bounce from (Symantec_AntiVirus_for_SMTP_Gateways@, E500_SMTP_Mail_
+# Service@, ndr@, admin@, inetgw1@). With a delivery-failure subject they make a bounce; a person's own
+# address ("a@b.example") with that subject stays a person (see the module docstring).
+_SYSTEM_WORDS = frozenset(
+    {
+        "admin",
+        "administrator",
+        "antivirus",
+        "bounce",
+        "bounces",
+        "daemon",
+        "gateway",
+        "gateways",
+        "imss",
+        "mail",
+        "mailer",
+        "mta",
+        "ndr",
+        "notify",
+        "postmaster",
+        "root",
+        "smtp",
+        "system",
+        "virus",
+    }
+)
+
+
+def _is_system_name(local: str) -> bool:
+    words = [w.rstrip("0123456789") for w in re.split(r"[^a-z0-9]+", local) if w]
+    return any(w in _SYSTEM_WORDS or w.endswith(("gw", "daemon")) for w in words)
 
 
 def _auto_header_rule(parsed: ParsedMessage, envelope_sender: str | None) -> str | None:

@@ -12,9 +12,18 @@ import re
 from email import message_from_bytes, policy
 from email.message import Message
 
-_MESSAGE_ID = re.compile(rb"^Message-ID:[ \t]*<([^<>\s]{1,250})>", re.IGNORECASE | re.MULTILINE)
+# Angle brackets are optional: older gateways and hand-pasted headers write `Message-Id: abc@host`; the "@"
+# keeps a bare word ("Message-ID: unknown") from passing for one.
+_MESSAGE_ID = re.compile(
+    rb"^Message-ID:[ \t]*<?([^<>\s@]{1,200}@[^<>\s@]{1,200})>?[ \t]*\r?$", re.IGNORECASE | re.MULTILINE
+)
 # A bounce that quotes a whole confirmation is small; look no further than this into it.
 _SCAN_LIMIT = 256 * 1024
+# Where the returned message's headers are: RFC 6522 §3's types, the common misspellings of the headers
+# type, and message/partial (RFC 2046 §5.2.2), whose first fragment starts with the original's headers.
+_HEADER_TYPES = frozenset(
+    {"text/rfc822-headers", "text/rfc822-header", "message/rfc822-headers", "message/rfc822-header"}
+)
 
 
 def _part_ids(part: Message) -> list[str]:
@@ -26,22 +35,35 @@ def _part_ids(part: Message) -> list[str]:
             if value:
                 ids.append(str(value).strip().strip("<>"))
         return ids
-    body = part.get_payload(decode=True) or b""
+    body = part.get_payload(decode=True)
+    if body is None:  # message/* with a string payload: the library does not decode it
+        body = payload.encode("utf-8", "surrogateescape") if isinstance(payload, str) else b""
     return [m.decode("ascii", "replace") for m in _MESSAGE_ID.findall(body[:_SCAN_LIMIT])]
 
 
 def returned_message_ids(raw: bytes) -> tuple[str, ...]:
-    """Message-IDs of the returned message in a bounce; empty when there is none. Never raises."""
+    """Message-IDs of the returned message in a bounce; empty when there is none. Never raises.
+
+    The attached original (or its headers) comes first; failing that, headers pasted into the bounce's
+    text, single-part (qmail, old Exchange) or in a text/plain part of a multipart (sendmail, Domino).
+    """
     try:
         message = message_from_bytes(raw[: 4 * _SCAN_LIMIT], policy=policy.compat32)
         own_id = (message.get("Message-ID") or "").strip().strip("<>")
         found: list[str] = []
+        texts: list[Message] = []
         for part in message.walk():
             ctype = part.get_content_type()
-            if ctype in ("message/rfc822", "text/rfc822-headers"):
+            if ctype in ("message/rfc822", "message/partial") or ctype in _HEADER_TYPES:
                 found += _part_ids(part)
+            elif ctype == "text/plain" and part is not message and message.is_multipart():
+                texts.append(part)
         if not found and not message.is_multipart():
-            found = [m.decode("ascii", "replace") for m in _MESSAGE_ID.findall(raw[:_SCAN_LIMIT])]
+            body = raw[:_SCAN_LIMIT].partition(b"\n\n")[2] or raw.partition(b"\r\n\r\n")[2]
+            found = [m.decode("ascii", "replace") for m in _MESSAGE_ID.findall(body[:_SCAN_LIMIT])]
+        if not found:
+            for part in texts:
+                found += _part_ids(part)
         return tuple(dict.fromkeys(i for i in found if i and i != own_id))
     except Exception:
         return ()
@@ -77,7 +99,7 @@ def embedded_texts(raw: bytes) -> tuple[str, ...]:
                 for inner in part.get_payload() if isinstance(part.get_payload(), list) else []:
                     if isinstance(inner, Message):
                         texts.append(f"{inner.get('Subject', '')}\n{_first_text(inner)}")
-            elif ctype == "text/rfc822-headers":
+            elif ctype in _HEADER_TYPES or ctype == "message/partial":
                 body = (part.get_payload(decode=True) or b"")[:_EMBEDDED_TEXT_LIMIT]
                 texts.append(body.decode("utf-8", "replace"))
         return tuple(texts)

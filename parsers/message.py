@@ -410,6 +410,21 @@ def _clean(text: str) -> str:
     return text.replace("\x00", "\ufffd") if "\x00" in text else text
 
 
+_HEADER_SCAN = 256 * 1024
+_NULL_ADDRESS = re.compile(r"<\s*>")
+_RETURN_PATH = re.compile(rb"^Return-Path:[ \t]*<?([^<>\s]*)>?[ \t]*\r?$", re.IGNORECASE | re.MULTILINE)
+
+
+def return_path(raw: bytes) -> str | None:
+    """The envelope sender the last delivering MTA recorded (RFC 5321 §4.4): the topmost Return-Path of
+    the header block; "" for the null sender `<>`, None when there is none. What `ingest` of a file takes
+    for the envelope it was not given. Never raises."""
+    head = raw[:_HEADER_SCAN]
+    end = re.search(rb"\r?\n\r?\n", head)
+    match = _RETURN_PATH.search(head[: end.start()] if end else head)
+    return match.group(1).decode("utf-8", "backslashreplace") if match else None
+
+
 def _header_fields(headers: list[_Header], defects: list[str]) -> dict[str, object]:
     first: dict[str, _Header] = {}
     for header in headers:
@@ -419,9 +434,14 @@ def _header_fields(headers: list[_Header], defects: list[str]) -> dict[str, obje
         fields["subject"] = first["subject"].text
     addresses = {name: _addresses(first[name], defects) for name in _ADDRESS_HEADERS if name in first}
     sender = addresses.get("from", [])
-    if sender:
+    if sender and sender[0][1] != "<>":
         fields["from_addr"] = sender[0][1].lower()
         fields["from_name"] = sender[0][0] or None
+    elif "from" in first and _NULL_ADDRESS.search(first["from"].unfolded):
+        # `From: <>` / `From: MAILER-DAEMON <>`: the null sender (RFC 5321 §4.5.5) written into the header
+        # by bounce generators; "" (not None, which means no From at all) so classify can tell.
+        fields["from_addr"] = ""
+        fields["from_name"] = (sender[0][0] if sender else "") or None
     fields["to"] = tuple(addr for _, addr in addresses.get("to", []))
     fields["cc"] = tuple(addr for _, addr in addresses.get("cc", []))
     fields["reply_to"] = tuple(addr for _, addr in addresses.get("reply-to", []))

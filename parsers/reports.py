@@ -59,7 +59,12 @@ def parse_machine_report(raw: bytes) -> MachineReport | None:
     try:
         msg = BytesParser(policy=policy.compat32).parsebytes(raw)
         leaves = list(_leaves(msg))
-        return _parse_arf(msg, leaves) or _parse_x_arf(msg, leaves) or _parse_xarf_json(leaves)
+        return (
+            _parse_arf(msg, leaves)
+            or _parse_x_arf(msg, leaves)
+            or _parse_xarf_json(leaves)
+            or _parse_jmrp(leaves)
+        )
     except Exception:
         # The contract is "never raise": a message that defeats the stdlib parser is simply not a report.
         return None
@@ -67,7 +72,16 @@ def parse_machine_report(raw: bytes) -> MachineReport | None:
 
 # A machine report announces itself in bytes that MIME never encodes (a content type, a header name) or
 # sits in a part that is JSON, braces and all, or encoded (then it cannot be seen without decoding).
-_REPORT_MARKS = (b"feedback-report", b"x-arf", b"json", b"{", b"base64", b"quoted-printable", b"uue")
+_REPORT_MARKS = (
+    b"feedback-report",
+    b"x-arf",
+    b"json",
+    b"{",
+    b"base64",
+    b"quoted-printable",
+    b"uue",
+    b"x-hmxmroriginalrecipient",
+)
 
 
 def _may_carry_report(raw: bytes) -> bool:
@@ -498,4 +512,40 @@ def _parse_xarf_json(leaves: list[Message]) -> MachineReport | None:
             return _v4_report(obj)
         if isinstance(obj, dict) and _is_v3(obj):
             return _v3_report(obj)
+    return None
+
+
+# --- Hotmail / Outlook.com JMRP ---------------------------------------------------------------------------
+
+
+_BRACKETED = re.compile(r"\[([0-9A-Fa-f:.]{3,45})\]")
+
+
+def _parse_jmrp(leaves: list[Message]) -> MachineReport | None:
+    """Microsoft's Junk Mail Reporting Program sends no feedback-report part: the complained-about message
+    comes back as message/rfc822 with `X-HmXmrOriginalRecipient` (the complaining mailbox) added to its
+    headers. Only that header makes it JMRP: a person attaching a message as evidence has none.
+    """
+    for index, part in enumerate(leaves):
+        if part.get_content_type() != "message/rfc822":
+            continue
+        payload = part.get_payload()
+        inner = payload[0] if isinstance(payload, list) and payload else None
+        if not isinstance(inner, Message) or inner.get("X-HmXmrOriginalRecipient") is None:
+            continue
+        headers = _original_headers(leaves, index - 1)
+        fields: dict[str, object] = {
+            "feedback-type": "abuse",
+            "original-rcpt-to": str(inner.get("X-HmXmrOriginalRecipient", "")).strip(),
+        }
+        # The sending IP: the bracketed client address of the topmost Received, which Hotmail wrote.
+        received = next((v for n, v in headers if n.lower() == "received"), "")
+        source = next(filter(None, map(_ip, _BRACKETED.findall(received))), None)
+        return MachineReport(
+            format="jmrp",
+            category="abuse",
+            fields=fields,
+            source_ip=source,
+            original_headers=headers,
+        )
     return None

@@ -85,9 +85,9 @@ class Classification:
 
 @dataclass(frozen=True, slots=True)
 class MachineReport:
-    """Fields of an ARF / X-ARF / XARF report, as the desk needs them."""
+    """Fields of an ARF / X-ARF / XARF report or a Hotmail JMRP complaint, as the desk needs them."""
 
-    format: Literal["arf", "x-arf", "xarf"]
+    format: Literal["arf", "x-arf", "xarf", "jmrp"]
     category: str | None = None  # feedback type (ARF) or category (X-ARF/XARF)
     fields: dict[str, object] = field(default_factory=dict)
     source_ip: str | None = None

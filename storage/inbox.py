@@ -23,7 +23,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -41,9 +41,10 @@ log = logging.getLogger("abuse_gateway.inbox")
 
 @dataclass(frozen=True, slots=True)
 class Envelope:
-    mail_from: str
+    mail_from: str | None  # "" the null sender; None not known (a file imported without envelope)
     rcpt_tos: tuple[str, ...]
     client_addr: str | None = None
+    confirm: bool = True  # False: `ingest --no-confirm`, processed without mailing anyone
 
 
 @dataclass(slots=True)
@@ -86,7 +87,8 @@ def _row(uid: str, raw: bytes, envelope: Envelope, received_at: datetime, sha256
     return {
         "intake_uid": uid,
         "received_at": received_at,
-        "mail_from": _storable(envelope.mail_from),
+        "mail_from": _storable(envelope.mail_from) if envelope.mail_from is not None else None,
+        "confirm": envelope.confirm,
         "rcpt_tos": [_storable(r) for r in envelope.rcpt_tos],
         "client_addr": _storable(envelope.client_addr) if envelope.client_addr is not None else None,
         "size": len(raw),
@@ -132,6 +134,7 @@ class Spool:
                 "mail_from": envelope.mail_from,
                 "rcpt_tos": list(envelope.rcpt_tos),
                 "client_addr": envelope.client_addr,
+                "confirm": envelope.confirm,
                 "received_at": received_at.isoformat(),
             }
         ).encode()
@@ -175,7 +178,9 @@ class Spool:
         data = path.read_bytes()
         meta_line, _, raw = data.partition(b"\n")
         meta = json.loads(meta_line)
-        envelope = Envelope(meta["mail_from"], tuple(meta["rcpt_tos"]), meta.get("client_addr"))
+        envelope = Envelope(
+            meta["mail_from"], tuple(meta["rcpt_tos"]), meta.get("client_addr"), meta.get("confirm", True)
+        )
         return meta["uid"], raw, envelope, datetime.fromisoformat(meta["received_at"])
 
     def replay(self, engine: Engine, batch: int = 200) -> int:
@@ -380,12 +385,16 @@ def spool_now(spool: Spool, raw: bytes, envelope: Envelope) -> AppendResult:
 
 
 def store_now(
-    engine: Engine, spool: Spool, raws: list[bytes], envelope: Envelope, budget: float
+    engine: Engine, spool: Spool, raws: list[bytes], envelope: Envelope | Sequence[Envelope], budget: float
 ) -> list[AppendResult]:
     """The synchronous twin of `Inbox.append`, for `ingest`: a batch in one transaction (one fsync for a
-    whole backlog chunk), else each message to the spool, else TransientError."""
+    whole backlog chunk), else each message to the spool, else TransientError. One envelope for all, or
+    one per message (a backlog's files each name their own sender in Return-Path)."""
     received_at = datetime.now(UTC)
-    rows = [_row(new_uid(), raw, envelope, received_at, _sha256(raw)) for raw in raws]
+    envelopes = [envelope] * len(raws) if isinstance(envelope, Envelope) else list(envelope)
+    rows = [
+        _row(new_uid(), raw, env, received_at, _sha256(raw)) for raw, env in zip(raws, envelopes, strict=True)
+    ]
     retrying = Retrying(
         retry=retry_if_exception_type(SQLAlchemyError),
         stop=stop_after_delay(budget),
@@ -398,10 +407,10 @@ def store_now(
     except SQLAlchemyError as exc:
         log.warning("ingest commit failed: error=%s; spooling", type(exc).__name__)
     results = []
-    for row, raw in zip(rows, raws, strict=True):
+    for row, raw, env in zip(rows, raws, envelopes, strict=True):
         uid = str(row["intake_uid"])
         try:
-            spool.write(uid, raw, envelope, received_at)
+            spool.write(uid, raw, env, received_at)
         except OSError as exc:
             raise TransientError("store and spool both unavailable") from exc
         results.append(AppendResult(uid, None, spooled=True))

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, Index, LargeBinary, UniqueConstraint
+from sqlalchemy import JSON, Column, DateTime, Index, LargeBinary, UniqueConstraint, true
 from sqlmodel import Field, SQLModel
 
 
@@ -32,7 +32,10 @@ class InboxEntry(SQLModel, table=True):
     # ambiguous commit (timeout, crash) can never store the message twice.
     intake_uid: str = Field(unique=True, max_length=64)
     received_at: datetime = _ts(default_factory=utcnow)
-    mail_from: str = Field(default="")
+    # "" is the null sender (a bounce); None means not known (`ingest` of a file without envelope).
+    mail_from: str | None = Field(default="", nullable=True)
+    # False when a backlog import chose `--no-confirm`: the message is processed, nobody is mailed.
+    confirm: bool = Field(default=True, sa_column_kwargs={"server_default": true()})
     rcpt_tos: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     client_addr: str | None = None
     size: int
@@ -91,7 +94,7 @@ class Message(SQLModel, table=True):
     inbox_id: int = Field(foreign_key="inbox.id", unique=True)
     kind: str = Field(max_length=16)
     kind_rule: str = ""
-    envelope_sender: str = ""
+    envelope_sender: str | None = Field(default="", nullable=True)  # None: not known (see InboxEntry)
     from_addr: str | None = None
     subject: str = ""
     escaped_subject: str = ""

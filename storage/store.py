@@ -39,19 +39,25 @@ from storage.models import (
 )
 from storage.search import CaseFilter, find_cases, summary
 
-# Unique per process, across hosts: claims are matched by it, so two gateways must never share one.
-WORKER_ID = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+def _worker_id() -> str:
+    """Unique per process, across hosts: claims are matched by it, so two workers must never share one.
+    Minted when a Store is built, not at import: `ingest`'s intake children are forked from the CLI, and an
+    id minted at import was inherited by both, so each selected the other's claims too and every entry was
+    prepared (and logged `stored:`) twice, the second time as a duplicate (issue 16.4)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 @dataclass(frozen=True, slots=True)
 class ClaimedEntry:
     inbox_id: int
     raw: bytes
-    mail_from: str
+    mail_from: str | None  # None: not known (a file imported without envelope), unlike "" the null sender
     rcpt_tos: tuple[str, ...]
     received_at: datetime
     sha256: str
     attempts: int
+    confirm: bool = True  # False: imported with `ingest --no-confirm`, no confirmation may go out
 
 
 @dataclass(frozen=True, slots=True)
@@ -378,7 +384,7 @@ def _case_indicators(session: Session, case_pk: int | None) -> set[tuple[str, st
 class CaseStore:
     engine: Engine
     new_case_id: Callable[[], str]
-    worker_id: str = field(default=WORKER_ID)
+    worker_id: str = field(default_factory=_worker_id)
     # A new report from a reporter with open cases opened this recently is linked to them (issue 16).
     related_window: timedelta = field(default=timedelta(days=14))
 
@@ -430,12 +436,14 @@ class CaseStore:
                     InboxEntry.received_at,
                     InboxEntry.sha256,
                     InboxEntry.attempts,
+                    InboxEntry.confirm,
                 )
                 .where(InboxEntry.id.in_(ids), InboxEntry.claimed_by == self.worker_id)
                 .order_by(InboxEntry.id)
             ).all()
         return [
-            ClaimedEntry(r[0], r[1], r[2], tuple(r[3] or ()), _aware(r[4]) or now, r[5], r[6]) for r in rows
+            ClaimedEntry(r[0], r[1], r[2], tuple(r[3] or ()), _aware(r[4]) or now, r[5], r[6], bool(r[7]))
+            for r in rows
         ]
 
     def release_dead_claims(self, is_alive: Callable[[int], bool]) -> int:
