@@ -237,11 +237,32 @@ _LINE_BREAKERS = str.maketrans({"\u0085": "\\u0085", "\u2028": "\\u2028", "\u202
 
 
 def _json_line(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, default=str).translate(_LINE_BREAKERS)
+    from parsers.display import json_safe
+
+    return json_safe(json.dumps(value, ensure_ascii=False, default=str).translate(_LINE_BREAKERS))
 
 
 def _print_json(value: Any) -> None:
-    click.echo(json.dumps(value, ensure_ascii=False, indent=2, default=str))
+    from parsers.display import json_safe
+
+    click.echo(json_safe(json.dumps(value, ensure_ascii=False, indent=2, default=str)))
+
+
+def _v(value: Any, multiline: bool = False) -> str:
+    """A stored value as a person may see it: the one display layer (defanged, terminal-safe)."""
+    from parsers.display import for_display
+
+    if value is None:
+        return ""
+    return for_display(value if isinstance(value, str) else json.dumps(value, ensure_ascii=False), multiline)
+
+
+def _say(line: str, err: bool = False) -> None:
+    """Every human-readable line goes out here: whatever slipped past `_v` still cannot reach a terminal as
+    control bytes (tabs and the line feed click adds are the only ones kept)."""
+    from parsers.display import terminal_safe
+
+    click.echo("\n".join(terminal_safe(part) for part in line.split("\n")), err=err)
 
 
 @cases.command("list")
@@ -262,7 +283,7 @@ def cases_list(
 
         parsed = parse_indicator_query(indicator)
         if parsed is None:
-            click.echo(f"abuse-gateway: {indicator!r} is not a URL, domain, IP or e-mail address", err=True)
+            _say(f"abuse-gateway: {indicator!r} is not a URL, domain, IP or e-mail address", err=True)
             ctx.exit(EX_USAGE)
         query = (parsed.value, indicator_host(parsed) if parsed.kind in ("domain", "ipv4", "ipv6") else None)
     rows = store.list_cases(status=status, host_or_value=query, limit=limit)
@@ -270,14 +291,14 @@ def cases_list(
         _print_json(rows)
         return
     for row in rows:
-        click.echo(
-            f"{row['case_id']}  {row['status']:<6}  {row['messages']:>3} msg  {row['created_at'][:19]}  "
-            f"{_short_address(row['reporter'])}  {row['subject']}"
+        _say(
+            f"{_v(row['case_id'])}  {_v(row['status']):<6}  {row['messages']:>3} msg  "
+            f"{_v(row['created_at'][:19])}  {_short_address(row['reporter'])}  {_v(row['subject'])}"
         )
 
 
 def _short_address(address: str | None) -> str:
-    return address or "-"
+    return _v(address) if address else "-"
 
 
 @cases.command("show")
@@ -289,66 +310,69 @@ def cases_show(ctx: click.Context, case_id: str, as_json: bool) -> None:
     """One case with its messages (escaped text), attachments, indicators and flags."""
     view = _store(ctx).show_case(case_id)
     if view is None:
-        click.echo(f"abuse-gateway: no case {case_id}", err=True)
+        _say(f"abuse-gateway: no case {case_id}", err=True)
         ctx.exit(EX_NOTFOUND)
     if as_json:
         _print_json(view)
         return
-    click.echo(f"Case {view['case_id']}  [{view['status']}]  reporter: {view['reporter'] or '-'}")
-    click.echo(f"Opened {view['created_at']}  updated {view['updated_at']}")
+    _say(f"Case {_v(view['case_id'])}  [{_v(view['status'])}]  reporter: {_v(view['reporter']) or '-'}")
+    _say(f"Opened {_v(view['created_at'])}  updated {_v(view['updated_at'])}")
     if view["flags"]:
-        click.echo(f"Flags: {', '.join(view['flags'])}")
+        _say(f"Flags: {', '.join(_v(flag) for flag in view['flags'])}")
     for message in view["messages"]:
-        click.echo("")
-        click.echo(
-            f"--- #{message['index']} {message['kind']} ({message['kind_rule']}) "
-            f"via {message['thread_signal']}  {message['received_at']}"
+        _say("")
+        _say(
+            f"--- #{message['index']} {_v(message['kind'])} ({_v(message['kind_rule'])}) "
+            f"via {_v(message['thread_signal'])}  {_v(message['received_at'])}"
         )
-        click.echo(f"From: {message['sender'] or '<>'}")
-        click.echo(f"Subject: {message['subject']}")
+        _say(f"From: {_v(message['sender']) or '<>'}")
+        if message.get("message_id"):
+            _say(f"Message-ID: {_v(message['message_id'])}")
+        _say(f"Subject: {_v(message['subject'])}")
         if message["flags"]:
-            click.echo(f"Flags: {', '.join(message['flags'])}")
+            _say(f"Flags: {', '.join(_v(flag) for flag in message['flags'])}")
         if message["defects"]:
-            click.echo(f"Defects: {', '.join(message['defects'])}")
+            _say(f"Defects: {', '.join(_v(defect) for defect in message['defects'])}")
         for attachment in message["attachments"]:
-            click.echo(
-                f"Attachment: {attachment['filename'] or '(unnamed)'} {attachment['content_type']} "
-                f"{attachment['size']} bytes sha256 {attachment['sha256']}"
+            _say(
+                f"Attachment: {_v(attachment['filename']) or '(unnamed)'} {_v(attachment['content_type'])} "
+                f"{attachment['size']} bytes sha256 {_v(attachment['sha256'])}"
             )
         if message.get("report"):
             report = message["report"]
-            click.echo(
-                f"Report: {report['format']} category={report['category']} source={report['source_ip']}"
+            _say(
+                f"Report: {_v(report['format'])} category={_v(report['category'])} "
+                f"source={_v(report['source_ip'])}"
             )
             for key, value in report["fields"].items():
-                click.echo(f"  {key}: {_escape_value(value)}")
-        click.echo("")
-        click.echo(message["text"])
+                _say(f"  {_v(key)}: {_v(value)}")
+        _say("")
+        click.echo(_v(message["text"], multiline=True))
     if view["indicators"]:
-        click.echo("")
-        click.echo("Indicators:")
+        _say("")
+        _say("Indicators:")
         for indicator in view["indicators"]:
-            click.echo(f"  {indicator['kind']:<6} {_escape_value(indicator['value'])}")
+            _say(f"  {_v(indicator['kind']):<6} {_v(indicator['value'])}")
     for event in view.get("events", []):
-        click.echo(f"Event {event['at']}: {event['kind']} {event['detail']}")
-
-
-def _escape_value(value: Any) -> str:
-    from parsers.escape import escape_text
-
-    return escape_text(value if isinstance(value, str) else json.dumps(value, ensure_ascii=False))
+        _say(f"Event {_v(event['at'])}: {_v(event['kind'])} {_v(event['detail'])}")
 
 
 @cases.command("raw")
 @with_config
 @click.argument("case_id")
 @click.argument("index", type=int)
+@click.option("--force", is_flag=True, help="write to a terminal anyway (the raw bytes may drive it)")
 @click.pass_context
-def cases_raw(ctx: click.Context, case_id: str, index: int) -> None:
-    """Write message INDEX's original bytes to stdout (evidence export)."""
+def cases_raw(ctx: click.Context, case_id: str, index: int, force: bool) -> None:
+    """Write message INDEX's original bytes to stdout (evidence export): redirect it to a file or a pipe."""
+    if sys.stdout.isatty() and not force:
+        # The original bytes are the sender's, escape sequences included: on a terminal they would repaint
+        # the screen, set titles or write the clipboard. Evidence goes to a file; --force for the brave.
+        _say("abuse-gateway: cases raw writes the sender's bytes; redirect it or pass --force", err=True)
+        ctx.exit(EX_USAGE)
     raw = _store(ctx).raw_message(case_id, index)
     if raw is None:
-        click.echo(f"abuse-gateway: no message {index} in case {case_id}", err=True)
+        _say(f"abuse-gateway: no message {index} in case {case_id}", err=True)
         ctx.exit(EX_NOTFOUND)
     _store(ctx).audit(_unix_user(), "raw", f"{case_id.upper()} {index}")
     out = sys.stdout.buffer
@@ -367,7 +391,7 @@ def cases_export(ctx: click.Context, since: str | None) -> None:
         try:
             since_at = datetime.fromisoformat(since)
         except ValueError:
-            click.echo(f"abuse-gateway: --since {since!r} is not an ISO date", err=True)
+            _say(f"abuse-gateway: --since {since!r} is not an ISO date", err=True)
             ctx.exit(EX_USAGE)
         if since_at.tzinfo is None:
             from datetime import UTC
@@ -386,9 +410,9 @@ def cases_export(ctx: click.Context, since: str | None) -> None:
 def cases_close(ctx: click.Context, case_id: str) -> None:
     """Close a case (a later message reopens it)."""
     if not _store(ctx).set_status(case_id, "closed", f"by {_unix_user()}"):
-        click.echo(f"abuse-gateway: no case {case_id}", err=True)
+        _say(f"abuse-gateway: no case {case_id}", err=True)
         ctx.exit(EX_NOTFOUND)
-    click.echo(f"{case_id.upper()} closed")
+    _say(f"{case_id.upper()} closed")
 
 
 @cases.command("reopen")
@@ -398,9 +422,9 @@ def cases_close(ctx: click.Context, case_id: str) -> None:
 def cases_reopen(ctx: click.Context, case_id: str) -> None:
     """Reopen a closed case."""
     if not _store(ctx).set_status(case_id, "open", f"by {_unix_user()}"):
-        click.echo(f"abuse-gateway: no case {case_id}", err=True)
+        _say(f"abuse-gateway: no case {case_id}", err=True)
         ctx.exit(EX_NOTFOUND)
-    click.echo(f"{case_id.upper()} open")
+    _say(f"{case_id.upper()} open")
 
 
 def _unix_user() -> str:
@@ -419,9 +443,9 @@ def _unix_user() -> str:
 def cases_hold(ctx: click.Context, case_id: str) -> None:
     """Put a case on legal hold: `purge` never removes it."""
     if not _store(ctx).set_hold(case_id, True, _unix_user()):
-        click.echo(f"abuse-gateway: no case {case_id}", err=True)
+        _say(f"abuse-gateway: no case {case_id}", err=True)
         ctx.exit(EX_NOTFOUND)
-    click.echo(f"{case_id.upper()} on hold")
+    _say(f"{case_id.upper()} on hold")
 
 
 @cases.command("release")
@@ -431,9 +455,9 @@ def cases_hold(ctx: click.Context, case_id: str) -> None:
 def cases_release(ctx: click.Context, case_id: str) -> None:
     """Release a case from hold."""
     if not _store(ctx).set_hold(case_id, False, _unix_user()):
-        click.echo(f"abuse-gateway: no case {case_id}", err=True)
+        _say(f"abuse-gateway: no case {case_id}", err=True)
         ctx.exit(EX_NOTFOUND)
-    click.echo(f"{case_id.upper()} released")
+    _say(f"{case_id.upper()} released")
 
 
 @main.command()
@@ -448,7 +472,7 @@ def purge(ctx: click.Context, days: int) -> None:
 
     removed = _store(ctx).purge(timedelta(days=days), _unix_user())
     for case_id in removed:
-        click.echo(f"removed {case_id}")
+        _say(f"removed {case_id}")
     click.echo(f"purged {len(removed)} case(s)")
 
 
@@ -467,7 +491,7 @@ def audit_list(ctx: click.Context, as_json: bool) -> None:
         _print_json(rows)
         return
     for row in rows:
-        click.echo(f"{row['at']}  {row['actor']:<12} {row['action']:<8} {row['target']}")
+        _say(f"{_v(row['at'])}  {_v(row['actor']):<12} {_v(row['action']):<8} {_v(row['target'])}")
 
 
 @main.group()
@@ -485,9 +509,9 @@ def outbox_list(ctx: click.Context, as_json: bool) -> None:
         _print_json(rows)
         return
     for row in rows:
-        click.echo(
-            f"{row['id']:>6}  {row['case_id']}  {row['kind']:<15} {row['state']:<10} "
-            f"attempts={row['attempts']}  {row['last_error'] or row['suppressed_reason'] or ''}"
+        _say(
+            f"{row['id']:>6}  {_v(row['case_id'])}  {_v(row['kind']):<15} {_v(row['state']):<10} "
+            f"attempts={row['attempts']}  {_v(row['last_error'] or row['suppressed_reason'] or '')}"
         )
 
 
