@@ -46,8 +46,9 @@ _V6 = re.compile(
     r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:\d{1,3}(?:\.\d{1,3}){3}|[0-9A-Fa-f]{1,4})?(?![\w:])"
 )
 # Where a URL cannot continue: characters RFC 3986 never allows unescaped and mail text uses as delimiters.
-_URL_STOP = re.compile(r"[<>\"'`{}|\\^]")
-_AUTH_END = re.compile(r"[/?#<>\"'`{}|\\^]")
+# Control characters end a URL too: an ESC in `https://a.example/x\x1b]8;;` is terminal markup, not path.
+_URL_STOP = re.compile(r"[<>\"'`{}|\\^\x00-\x1f\x7f-\x9f]")
+_AUTH_END = re.compile(r"[/?#<>\"'`{}|\\^\x00-\x1f\x7f-\x9f]")
 # WHATWG "special" schemes whose host is found whatever slashes follow the colon (file: is special too, but
 # `file:host` is a path, so it only counts with `://`).
 _SPECIAL = re.compile(r"(?<![A-Za-z0-9+.\-])(?:https?|ftp|wss?):", re.IGNORECASE)
