@@ -319,11 +319,32 @@ _LINE_BREAKERS = str.maketrans({"\u0085": "\\u0085", "\u2028": "\\u2028", "\u202
 
 
 def _json_line(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, default=str).translate(_LINE_BREAKERS)
+    from parsers.display import json_safe
+
+    return json_safe(json.dumps(value, ensure_ascii=False, default=str).translate(_LINE_BREAKERS))
 
 
 def _print_json(value: Any) -> None:
-    click.echo(json.dumps(value, ensure_ascii=False, indent=2, default=str))
+    from parsers.display import json_safe
+
+    click.echo(json_safe(json.dumps(value, ensure_ascii=False, indent=2, default=str)))
+
+
+def _v(value: Any, multiline: bool = False) -> str:
+    """A stored value as a person may see it: the one display layer (defanged, terminal-safe)."""
+    from parsers.display import for_display
+
+    if value is None:
+        return ""
+    return for_display(value if isinstance(value, str) else json.dumps(value, ensure_ascii=False), multiline)
+
+
+def _say(line: str, err: bool = False) -> None:
+    """Every human-readable line goes out here: whatever slipped past `_v` still cannot reach a terminal as
+    control bytes (tabs and the line feed click adds are the only ones kept)."""
+    from parsers.display import terminal_safe
+
+    click.echo("\n".join(terminal_safe(part) for part in line.split("\n")), err=err)
 
 
 _TIME_HELP = "ISO 8601 (no offset = UTC) or a duration back from now (90m, 24h, 7d)"
@@ -379,7 +400,7 @@ def cases_list(
 
         parsed = parse_indicator_query(indicator)
         if parsed is None:
-            click.echo(f"abuse-gateway: {indicator!r} is not a URL, domain, IP or e-mail address", err=True)
+            _say(f"abuse-gateway: {indicator!r} is not a URL, domain, IP or e-mail address", err=True)
             ctx.exit(EX_USAGE)
         host = indicator_host(parsed) if parsed.kind in ("domain", "ipv4", "ipv6") else None
         host_or_value = (parsed.value, host)
@@ -401,9 +422,9 @@ def cases_list(
         _print_json(rows)
         return
     for row in rows:
-        click.echo(
-            f"{row['case_id']}  {row['status']:<6}  {row['messages']:>3} msg  {row['created_at']}  "
-            f"{_short_address(row['reporter'])}  {row['subject']}"
+        _say(
+            f"{_v(row['case_id'])}  {_v(row['status']):<6}  {row['messages']:>3} msg  "
+            f"{_v(row['created_at'])}  {_short_address(row['reporter'])}  {_v(row['subject'])}"
         )
 
 
@@ -414,13 +435,13 @@ def _case_arg(ctx: click.Context, value: str) -> str:
 
     case_id, problem = read_case_id(value, _config(ctx).intake.case_prefix)
     if case_id is None:
-        click.echo(f"abuse-gateway: {value!r} is {problem}", err=True)
+        _say(f"abuse-gateway: {value!r} is {problem}", err=True)
         ctx.exit(EX_USAGE)
     return str(case_id)
 
 
 def _short_address(address: str | None) -> str:
-    return address or "-"
+    return _v(address) if address else "-"
 
 
 @cases.command("show")
@@ -433,7 +454,7 @@ def cases_show(ctx: click.Context, case_id: str, as_json: bool) -> None:
     case_id = _case_arg(ctx, case_id)
     view = _store(ctx).show_case(case_id)
     if view is None:
-        click.echo(f"abuse-gateway: no case {case_id}", err=True)
+        _say(f"abuse-gateway: no case {case_id}", err=True)
         ctx.exit(EX_NOTFOUND)
     _store(ctx).audit(_unix_user(), "show", case_id)
     if as_json:
@@ -441,84 +462,86 @@ def cases_show(ctx: click.Context, case_id: str, as_json: bool) -> None:
         return
     from gateway.wording import rule_words, thread_words
 
-    click.echo(f"Case {view['case_id']}  [{view['status']}]  reporter: {view['reporter'] or '-'}")
-    click.echo(f"Opened {view['created_at']}  updated {view['updated_at']}")
+    _say(f"Case {_v(view['case_id'])}  [{_v(view['status'])}]  reporter: {_v(view['reporter']) or '-'}")
+    _say(f"Opened {_v(view['created_at'])}  updated {_v(view['updated_at'])}")
     preservation = "CSAM: yes (kept at least 365 days)" if view.get("csam") else "CSAM: no"
-    click.echo(f"{preservation}; legal hold: {'yes' if view.get('hold') else 'no'}")
+    _say(f"{preservation}; legal hold: {'yes' if view.get('hold') else 'no'}")
     if view.get("merged_into"):
-        click.echo(f"Merged into {view['merged_into']} (its messages are there now)")
+        _say(f"Merged into {_v(view['merged_into'])} (its messages are there now)")
     for link in view.get("related", []):
         how = "split from" if link["relation"] == "split_from" else "same reporter"
         if link["relation"] == "split_from" and link["direction"] == "later":
             how = "split into"
-        click.echo(f"Related: {link['case_id']} [{link['status']}] ({how})")
+        _say(f"Related: {_v(link['case_id'])} [{_v(link['status'])}] ({how})")
     if view["flags"]:
-        click.echo(f"Flags: {', '.join(view['flags'])}")
+        _say(f"Flags: {', '.join(_v(flag) for flag in view['flags'])}")
     for message in view["messages"]:
-        click.echo("")
-        click.echo(f"--- #{message['index']} {message['kind']}  received {message['received_at']}")
-        click.echo(f"Kind: {rule_words(message['kind'], message['kind_rule'])}")
-        click.echo(f"Threading: {thread_words(message['thread_signal'], message['index'], message['flags'])}")
-        click.echo(f"From: {message['from'] or '-'}   (header)")
+        _say("")
+        _say(f"--- #{message['index']} {_v(message['kind'])}  received {_v(message['received_at'])}")
+        _say(f"Kind: {_v(rule_words(message['kind'], message['kind_rule']))}")
+        _say(f"Threading: {_v(thread_words(message['thread_signal'], message['index'], message['flags']))}")
+        _say(f"From: {_v(message['from']) or '-'}   (header)")
         sender = message["sender"]
         if sender is None:  # imported without an envelope (issue 16): not the null sender
-            sender = "unknown (imported without an envelope)"
-        click.echo(f"Envelope sender: {sender or '<> (null sender)'}")
-        click.echo(f"Envelope recipients: {', '.join(message.get('recipients') or []) or '-'}")
-        click.echo(f"Client address: {message.get('client_addr') or '-'}")
-        click.echo(f"Size: {message.get('size') or '-'} bytes  sha256 {message['sha256']}")
-        click.echo(f"Subject: {message['subject']}")
+            _say("Envelope sender: unknown (imported without an envelope)")
+        else:
+            _say(f"Envelope sender: {_v(sender) or '<> (null sender)'}")
+        _say(f"Envelope recipients: {', '.join(_v(r) for r in message.get('recipients') or []) or '-'}")
+        _say(f"Client address: {_v(message.get('client_addr')) or '-'}")
+        _say(f"Size: {message.get('size') or '-'} bytes  sha256 {_v(message['sha256'])}")
+        if message.get("message_id"):
+            _say(f"Message-ID: {_v(message['message_id'])}")
+        _say(f"Subject: {_v(message['subject'])}")
         if message["flags"]:
-            click.echo(f"Flags: {', '.join(message['flags'])}")
+            _say(f"Flags: {', '.join(_v(flag) for flag in message['flags'])}")
         if message["defects"]:
-            click.echo(f"Defects: {', '.join(message['defects'])}")
+            _say(f"Defects: {', '.join(_v(defect) for defect in message['defects'])}")
         for attachment in message["attachments"]:
-            click.echo(
-                f"Attachment: {attachment['filename'] or '(unnamed)'} {attachment['content_type']} "
-                f"{attachment['size']} bytes sha256 {attachment['sha256']}"
+            _say(
+                f"Attachment: {_v(attachment['filename']) or '(unnamed)'} {_v(attachment['content_type'])} "
+                f"{attachment['size']} bytes sha256 {_v(attachment['sha256'])}"
             )
         if message.get("report"):
             report = message["report"]
             fields = (("format", "format"), ("category", "category"), ("source", "source_ip"))
-            parts = [f"{label}={report.get(key) or '-'}" for label, key in fields]
-            click.echo(f"Report: {' '.join(parts)}")
+            _say("Report: " + " ".join(f"{label}={_v(report.get(key)) or '-'}" for label, key in fields))
             for key, value in report["fields"].items():
-                click.echo(f"  {key}: {_escape_value(value)}")
-        click.echo("")
-        click.echo(message["text"])
+                _say(f"  {_v(key)}: {_v(value)}")
+        _say("")
+        click.echo(_v(message["text"], multiline=True))
     if view["indicators"]:
-        click.echo("")
-        click.echo("Indicators:")
+        _say("")
+        _say("Indicators:")
         for indicator in view["indicators"]:
-            click.echo(f"  {indicator['kind']:<6} {_escape_value(indicator['value'])}")
+            _say(f"  {_v(indicator['kind']):<6} {_v(indicator['value'])}")
     for sent in view.get("outbox", []):
         when = sent["sent_at"] or sent["created_at"]
-        why = f" ({sent['suppressed_reason']})" if sent["suppressed_reason"] else ""
-        click.echo(
-            f"Sent: #{sent['id']} {sent['kind']} to {sent['recipient']}: {sent['state']}{why} {when}"
-            f"  (outbox show {sent['id']})"
+        why = f" ({_v(sent['suppressed_reason'])})" if sent["suppressed_reason"] else ""
+        _say(
+            f"Sent: #{sent['id']} {_v(sent['kind'])} to {_v(sent['recipient'])}: {_v(sent['state'])}{why} "
+            f"{_v(when)}  (outbox show {sent['id']})"
         )
     for event in view.get("events", []):
-        click.echo(f"Event {event['at']}: {event['kind']} {event['detail']}")
-
-
-def _escape_value(value: Any) -> str:
-    from parsers.escape import escape_text
-
-    return escape_text(value if isinstance(value, str) else json.dumps(value, ensure_ascii=False))
+        _say(f"Event {_v(event['at'])}: {_v(event['kind'])} {_v(event['detail'])}")
 
 
 @cases.command("raw")
 @with_config
 @click.argument("case_id")
 @click.argument("index", type=int)
+@click.option("--force", is_flag=True, help="write to a terminal anyway (the raw bytes may drive it)")
 @click.pass_context
-def cases_raw(ctx: click.Context, case_id: str, index: int) -> None:
-    """Write message INDEX's original bytes to stdout (evidence export)."""
+def cases_raw(ctx: click.Context, case_id: str, index: int, force: bool) -> None:
+    """Write message INDEX's original bytes to stdout (evidence export): redirect it to a file or a pipe."""
     case_id = _case_arg(ctx, case_id)
+    if sys.stdout.isatty() and not force:
+        # The original bytes are the sender's, escape sequences included: on a terminal they would repaint
+        # the screen, set titles or write the clipboard. Evidence goes to a file; --force for the brave.
+        _say("abuse-gateway: cases raw writes the sender's bytes; redirect it or pass --force", err=True)
+        ctx.exit(EX_USAGE)
     raw = _store(ctx).raw_message(case_id, index)
     if raw is None:
-        click.echo(f"abuse-gateway: no message {index} in case {case_id}", err=True)
+        _say(f"abuse-gateway: no message {index} in case {case_id}", err=True)
         ctx.exit(EX_NOTFOUND)
     _store(ctx).audit(_unix_user(), "raw", f"{case_id.upper()} {index}")
     out = sys.stdout.buffer
@@ -547,9 +570,9 @@ def cases_close(ctx: click.Context, case_id: str) -> None:
     """Close a case (a later message reopens it)."""
     case_id = _case_arg(ctx, case_id)
     if not _store(ctx).set_status(case_id, "closed", f"by {_unix_user()}"):
-        click.echo(f"abuse-gateway: no case {case_id}", err=True)
+        _say(f"abuse-gateway: no case {case_id}", err=True)
         ctx.exit(EX_NOTFOUND)
-    click.echo(f"{case_id.upper()} closed")
+    _say(f"{case_id.upper()} closed")
 
 
 @cases.command("reopen")
@@ -560,9 +583,9 @@ def cases_reopen(ctx: click.Context, case_id: str) -> None:
     """Reopen a closed case."""
     case_id = _case_arg(ctx, case_id)
     if not _store(ctx).set_status(case_id, "open", f"by {_unix_user()}"):
-        click.echo(f"abuse-gateway: no case {case_id}", err=True)
+        _say(f"abuse-gateway: no case {case_id}", err=True)
         ctx.exit(EX_NOTFOUND)
-    click.echo(f"{case_id.upper()} open")
+    _say(f"{case_id.upper()} open")
 
 
 def _unix_user() -> str:
@@ -582,9 +605,9 @@ def cases_hold(ctx: click.Context, case_id: str) -> None:
     """Put a case on legal hold: `purge` never removes it."""
     case_id = _case_arg(ctx, case_id)
     if not _store(ctx).set_hold(case_id, True, _unix_user()):
-        click.echo(f"abuse-gateway: no case {case_id}", err=True)
+        _say(f"abuse-gateway: no case {case_id}", err=True)
         ctx.exit(EX_NOTFOUND)
-    click.echo(f"{case_id.upper()} on hold")
+    _say(f"{case_id.upper()} on hold")
 
 
 @cases.command("release")
@@ -595,9 +618,9 @@ def cases_release(ctx: click.Context, case_id: str) -> None:
     """Release a case from hold."""
     case_id = _case_arg(ctx, case_id)
     if not _store(ctx).set_hold(case_id, False, _unix_user()):
-        click.echo(f"abuse-gateway: no case {case_id}", err=True)
+        _say(f"abuse-gateway: no case {case_id}", err=True)
         ctx.exit(EX_NOTFOUND)
-    click.echo(f"{case_id.upper()} released")
+    _say(f"{case_id.upper()} released")
 
 
 def _casework(ctx: click.Context) -> Any:
@@ -691,7 +714,7 @@ def purge(ctx: click.Context, days: int) -> None:
 
     removed = _store(ctx).purge(timedelta(days=days), _unix_user())
     for case_id in removed:
-        click.echo(f"removed {case_id}")
+        _say(f"removed {case_id}")
     click.echo(f"purged {len(removed)} case(s)")
 
 
@@ -711,7 +734,7 @@ def audit_list(ctx: click.Context, as_json: bool) -> None:
         _print_json(rows)
         return
     for row in rows:
-        click.echo(f"{row['at']}  {row['actor']:<12} {row['action']:<8} {row['target']}")
+        _say(f"{_v(row['at'])}  {_v(row['actor']):<12} {_v(row['action']):<8} {_v(row['target'])}")
 
 
 @main.group()
@@ -733,9 +756,9 @@ def outbox_list(ctx: click.Context, case_id: str | None, as_json: bool) -> None:
         _print_json(rows)
         return
     for row in rows:
-        click.echo(
-            f"{row['id']:>6}  {row['case_id']}  {row['kind']:<15} {row['state']:<10} "
-            f"attempts={row['attempts']}  {row['last_error'] or row['suppressed_reason'] or ''}"
+        _say(
+            f"{row['id']:>6}  {_v(row['case_id'])}  {_v(row['kind']):<15} {_v(row['state']):<10} "
+            f"attempts={row['attempts']}  {_v(row['last_error'] or row['suppressed_reason'] or '')}"
         )
 
 
@@ -753,12 +776,17 @@ def outbox_show(ctx: click.Context, outbox_id: int) -> None:
         click.echo(f"abuse-gateway: no outbox entry {outbox_id}", err=True)
         ctx.exit(EX_NOTFOUND)
     row, raw = found
-    click.echo(f"# {row['kind']} for {row['case_id']} to {row['recipient']}: {row['state']}", err=True)
+    _say(f"# {_v(row['kind'])} for {row['case_id']} to {_v(row['recipient'])}: {_v(row['state'])}", err=True)
     if raw is None:
-        reason = row["suppressed_reason"] or "not sent yet"
-        click.echo(f"abuse-gateway: nothing was sent for outbox entry {outbox_id} ({reason})", err=True)
+        reason = _v(row["suppressed_reason"]) or "not sent yet"
+        _say(f"abuse-gateway: nothing was sent for outbox entry {outbox_id} ({reason})", err=True)
         ctx.exit(EX_NOTFOUND)
-    click.echo(raw.decode("utf-8", "replace").replace("\r\n", "\n"), nl=False)
+    text = raw.decode("utf-8", "replace").replace("\r\n", "\n")
+    if sys.stdout.isatty():  # our own text, but it names a sender-chosen address: never raw on a terminal
+        from parsers.display import terminal_safe
+
+        text = terminal_safe(text, multiline=True)
+    click.echo(text, nl=False)
 
 
 @main.command()

@@ -20,6 +20,7 @@ from parsers.types import Indicator, IndicatorKind
 
 _ASCII_LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
 _DEFAULT_PORTS = {"http": "80", "https": "443", "ftp": "21", "ws": "80", "wss": "443"}
+_SCRIPT_SCHEMES = ("data:", "javascript:", "vbscript:")
 _QUERY_STRIP = "<>()[]\"'`,;"
 
 
@@ -46,6 +47,8 @@ def normalize_indicator(kind: IndicatorKind, value: str) -> Indicator | None:
     """The canonical (punycode) form of one observable, or None when it is not a valid one of that kind."""
     value = urlscan.refang(value.strip())
     if kind == "url":
+        if value[:11].lower().startswith(_SCRIPT_SCHEMES) and "://" not in value[:12]:
+            return Indicator("url", value)  # `javascript:`/`data:` have no host to normalise; kept as written
         return _norm_url(value)
     if kind == "domain":
         host = _norm_domain(value)

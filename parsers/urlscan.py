@@ -46,8 +46,15 @@ _V6 = re.compile(
     r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:\d{1,3}(?:\.\d{1,3}){3}|[0-9A-Fa-f]{1,4})?(?![\w:])"
 )
 # Where a URL cannot continue: characters RFC 3986 never allows unescaped and mail text uses as delimiters.
-_URL_STOP = re.compile(r"[<>\"'`{}|\\^]")
-_AUTH_END = re.compile(r"[/?#<>\"'`{}|\\^]")
+# Control characters end a URL too: an ESC in `https://a.example/x\x1b]8;;` is terminal markup, not path.
+_URL_STOP = re.compile(r"[<>\"'`{}|\\^\x00-\x1f\x7f-\x9f]")
+_AUTH_END = re.compile(r"[/?#<>\"'`{}|\\^\x00-\x1f\x7f-\x9f]")
+# WHATWG "special" schemes whose host is found whatever slashes follow the colon (file: is special too, but
+# `file:host` is a path, so it only counts with `://`).
+_SPECIAL = re.compile(r"(?<![A-Za-z0-9+.\-])(?:https?|ftp|wss?):", re.IGNORECASE)
+# Schemes with no host that still run or render something when clicked.
+_SCRIPT = re.compile(r"(?<![A-Za-z0-9+.\-])(?:data|javascript|vbscript):(?=[^\s:])", re.IGNORECASE)
+_SCHEME_COLON = re.compile(r"(?:https?|ftp|wss?|data|javascript|vbscript):", re.IGNORECASE)
 _PORT = re.compile(r":\d{1,5}(?!\d)")
 _SCHEME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+-")
 _MAX_SCHEME = 32
@@ -68,11 +75,25 @@ _MARKER_VALUE = {
     "[@]": "@", "(@)": "@", "{@}": "@", "[at]": "@", "(at)": "@", "{at}": "@",
     "[:]": ":", "[://]": "://", "(://)": "://",
 }  # fmt: skip
+# What a WHATWG host parser (browsers) reads as a dot or as nothing (UTS #46 mapping, "ignored"): scanning
+# the text as the browser will read it is the only way `evil\u3002example` or `ev\u200bil.example` get
+# escaped and become indicators. A `%2E` in a host is percent-decoded by the same parser.
+_WIDE_DOT = re.compile("[\uff0e\u3002\uff61]")
+_IGNORED = "\u00ad\u180e\u200b\u200c\u200d\u2060\ufeff"
+_REFANG_ALL = re.compile(_MARKER.pattern + f"|%2[eE]|[\uff0e\u3002\uff61{_IGNORED}]", re.IGNORECASE)
+
+
+def _refang_value(token: str) -> str:
+    if len(token) == 1:
+        return "" if token in _IGNORED else "."
+    return "." if token[0] == "%" else _MARKER_VALUE[token.lower()]
+
+
 _HXXP = re.compile(r"(?<=[hH])(?:xx|XX|xX|Xx)(?=[pP][sS]?://)")
-_TRIGGER = re.compile(r"[.:@\[({]")
+_TRIGGER = re.compile(r"[.:@\[({\uff0e\u3002\uff61]")
 # A whitespace-free chunk holding at least one trigger character. The lookbehind pins the start to a chunk
 # boundary, so the lazy scan over a trigger-free chunk happens once, not once per character.
-_CHUNK = re.compile(r"(?<!\S)\S*?[.:@\[({]\S*+")
+_CHUNK = re.compile(r"(?<!\S)\S*?[.:@\[({\uff0e\u3002\uff61]\S*+")
 _WRAPPING = "([<{'\".,;!?)]}>*"  # punctuation around a word; on its own it never makes a chunk URL-like
 
 
@@ -116,6 +137,10 @@ def candidate_chunks(text: str) -> Iterator[re.Match[str]]:
             yield m
         elif core.count(":") >= 2 or "://" in core:  # IPv6 needs two colons, so `10:30` is skipped here
             yield m
+        elif ":" in core and _SCHEME_COLON.search(core):  # `https:evil%2Eexample`, `javascript:...`
+            yield m
+        elif not core.isascii() and _WIDE_DOT.search(core):  # `evil\u3002example`
+            yield m
 
 
 def refang(text: str) -> str:
@@ -129,18 +154,18 @@ def refang_mapped(chunk: str) -> tuple[str, list[int] | None]:
     """Refang a chunk and map each refanged index back to the original (None = identity), so text outside a
     detection can be copied from the original exactly as written."""
     pos: list[int] | None = None
-    if "[" in chunk or "(" in chunk or "{" in chunk:
+    if "[" in chunk or "(" in chunk or "{" in chunk or "%" in chunk or not chunk.isascii():
         out: list[str] = []
         pos = []
         last = 0
-        for m in _MARKER.finditer(chunk):
+        for m in _REFANG_ALL.finditer(chunk):
             out.append(chunk[last : m.start()])
             pos.extend(range(last, m.start()))
-            rep = _MARKER_VALUE[m.group().lower()]
+            rep = _refang_value(m.group())
             out.append(rep)
             pos.extend([m.start()] * len(rep))  # a multi-char refang maps wholly onto its marker
             last = m.end()
-        if pos:
+        if last:  # something was refanged (a match always ends past index 0)
             out.append(chunk[last:])
             pos.extend(range(last, len(chunk)))
             pos.append(len(chunk))
@@ -249,10 +274,13 @@ class _Url:
     indicator: bool
 
 
-def _schemes(r: str) -> list[tuple[int, int]]:
-    """(scheme start, index of `://`) for every `://` with a scheme before it. Walks back at most 32 chars and
-    never past the previous `://`, so a megabyte of `http://` is still linear."""
-    out: list[tuple[int, int]] = []
+def _schemes(r: str) -> list[tuple[int, int, int]]:
+    """(scheme start, index of its `:`, authority start) for every `://` with a scheme before it, and for
+    every WHATWG special scheme followed by any run of `/` and `\\` (none included) and a host: browsers read
+    `http:/host`, `http:\\\\host` and `https:host` as `https://host` (URL Standard, "special authority ignore
+    slashes state"). Walks back at most 32 chars and never past the previous `://`, so a megabyte of `http://`
+    is still linear."""
+    out: list[tuple[int, int, int]] = []
     floor = 0
     i = r.find("://")
     while i != -1:
@@ -263,9 +291,29 @@ def _schemes(r: str) -> list[tuple[int, int]]:
         while j < i and not (r[j].isascii() and r[j].isalpha()):
             j += 1  # RFC 3986 §3.1: a scheme starts with a letter
         if j < i:
-            out.append((j, i))
+            out.append((j, i, i + 3))
         floor = i + 3
         i = r.find("://", floor)
+    if ":" not in r:
+        return out
+    seen = {colon: k for k, (_, colon, _) in enumerate(out)}
+    extra = False
+    n = len(r)
+    for m in _SPECIAL.finditer(r):
+        colon = m.end() - 1
+        p = m.end()
+        while p < n and r[p] in "/\\":
+            p += 1
+        if colon in seen:
+            if p > colon + 3:  # `http:///\\host`: the extra slashes are skipped too
+                k = seen[colon]
+                out[k] = (out[k][0], colon, p)
+            continue
+        if p < n and (r[p] == "[" or _URL_HOST.match(r, p)):
+            out.append((m.start(), colon, p))
+            extra = True
+    if extra:
+        out.sort()
     return out
 
 
@@ -299,12 +347,11 @@ def _scan_urls(r: str, edits: list[tuple[int, int, str]], found: list[tuple[int,
         embedded = nxt > 0 and r[nxt - 1] in _EMBED_BEFORE
         next_free[k] = next_free[k + 1] if embedded else nxt
     urls: list[_Url] = []
-    for k, (s, colon) in enumerate(schemes):
+    for k, (s, colon, p) in enumerate(schemes):
         scheme = r[s:colon]
         low = scheme.lower()
         sep_rep = "hxxp://" if low == "http" else "hxxps://" if low == "https" else f"{scheme}[://]"
         rep = [sep_rep]
-        p = colon + 3
         bound = schemes[k + 1][0] if k + 1 < len(schemes) else n
         m = _AUTH_END.search(r, p, bound)
         q = m.start() if m else bound
@@ -315,6 +362,7 @@ def _scan_urls(r: str, edits: list[tuple[int, int, str]], found: list[tuple[int,
             h = at + 1
         host_kind_: FoundKind | None = None
         host_end = h
+        canonical_host: tuple[int, int, str] | None = None
         if h < q and r[h] == "[":
             close = r.find("]", h, q)
             if close != -1 and valid_ipv6(r[h + 1 : close].split("%", 1)[0]):
@@ -325,9 +373,16 @@ def _scan_urls(r: str, edits: list[tuple[int, int, str]], found: list[tuple[int,
             hm = _URL_HOST.match(r, h, q)
             if hm:
                 host = hm.group()
+                number = whatwg_ipv4(host) if low in _SPECIAL_NAMES else None
+                if number is not None and "." not in host:
+                    # `hxxp://3232235777` would still parse as a URL with a host; a marker in the separator
+                    # makes the scheme invalid (refang restores it, so escaping stays idempotent)
+                    rep[0] = f"{'hxxps' if low == 'https' else 'hxxp' if low == 'http' else scheme}[://]"
                 rep.append(_esc_host(host))
-                host_kind_ = "ipv4" if is_ipv4(host) else "domain"
+                host_kind_ = "ipv4" if is_ipv4(host) or number is not None else "domain"
                 host_end = hm.end()
+                if number is not None and number != host:
+                    canonical_host = (h, host_end, number)
         if host_kind_ and host_end < q and (pm := _PORT.match(r, host_end, q)):
             rep.append(pm.group())
             host_end = pm.end()
@@ -338,16 +393,77 @@ def _scan_urls(r: str, edits: list[tuple[int, int, str]], found: list[tuple[int,
         ok = host_kind_ is not None and end - s <= _MAX_URL
         if ok:
             end = _trim_url(r, host_end, end)
-            found.append((s, Found("url", r[s:end])))
+            # The URL as a browser reads it: `scheme://`, whatever slashes were written, and a numeric host
+            # (`3232235777`, `0xC0.0250.1.1`) as the dotted quad it connects to.
+            if canonical_host is not None:
+                hs, he, number = canonical_host
+                text = f"{scheme}://{r[p:hs]}{number}{r[he:end]}"
+                found.append((s, Found("url", text)))
+            else:
+                found.append((s, Found("url", f"{scheme}://{r[p:end]}")))
         urls.append(_Url(s, host_end, end, ok))
     return urls
+
+
+_SPECIAL_NAMES = frozenset({"http", "https", "ftp", "ws", "wss"})
+
+
+def _ipv4_number(part: str) -> int | None:
+    """One part of a WHATWG IPv4 host: decimal, `0x` hex or leading-zero octal (URL Standard, IPv4 parser)."""
+    if not part.isascii() or len(part) > 34:
+        return None
+    base = 10
+    if part[:2].lower() == "0x":
+        part, base = part[2:] or "0", 16
+    elif len(part) > 1 and part[0] == "0":
+        part, base = part[1:], 8
+    try:
+        return int(part, base) if part.isalnum() else None
+    except ValueError:
+        return None
+
+
+def whatwg_ipv4(host: str) -> str | None:
+    """The dotted quad a browser connects to for an IPv4-looking host of a special URL (`3232235777`,
+    `0xC0.0250.1.1`, `192.168.257`), or None when the host is a name."""
+    parts = host.split(".")
+    if parts[-1] == "" and len(parts) > 1:
+        parts.pop()
+    if len(parts) > 4 or _ipv4_number(parts[-1]) is None:
+        return None
+    numbers = [_ipv4_number(part) for part in parts]
+    if any(x is None for x in numbers):
+        return None
+    nums = [x for x in numbers if x is not None]
+    if any(x > 255 for x in nums[:-1]) or nums[-1] >= 256 ** (5 - len(nums)):
+        return None
+    value = nums[-1] + sum(x << (8 * (3 - i)) for i, x in enumerate(nums[:-1]))
+    return str(ipaddress.IPv4Address(value))
+
+
+def _script_uris(r: str, edits: list[tuple[int, int, str]], found: list[tuple[int, Found]]) -> None:
+    """`data:` and `javascript:` URIs have no host but run or render when clicked: `javascript[:]...`."""
+    taken = [(a, b) for a, b, _ in edits]
+    stops = _URL_STOP.search
+    for m in _SCRIPT.finditer(r):
+        s, colon = m.start(), m.end() - 1
+        if any(a <= s < b for a, b in taken):
+            continue
+        stop = stops(r, m.end())
+        end = _trim_url(r, m.end(), stop.start() if stop else len(r))
+        edits.append((s, colon + 1, r[s:colon] + "[:]"))
+        if end > m.end() and end - s <= _MAX_URL:
+            found.append((s, Found("url", r[s:colon].lower() + r[colon:end])))
+    edits.sort()
 
 
 def scan(r: str) -> Scan:
     """Find everything URL-like in one refanged, whitespace-free chunk."""
     edits: list[tuple[int, int, str]] = []
     found: list[tuple[int, Found]] = []
-    urls = _scan_urls(r, edits, found) if "://" in r else []
+    urls = _scan_urls(r, edits, found) if ":" in r else []
+    if ":" in r and _SCRIPT.search(r):
+        _script_uris(r, edits, found)
     # Candidate (start, end, replacement, found) from the free-text scanners; merged below, URLs win overlaps.
     cands: list[tuple[int, int, str, list[Found]]] = []
     if r.count(":") >= 2:
