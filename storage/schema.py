@@ -12,7 +12,7 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 
@@ -49,10 +49,25 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
             with connection.begin():
                 config.attributes["connection"] = connection
                 command.upgrade(config, revision)
+                if sqlite:
+                    _restore_fts_triggers(connection)
         finally:
             if sqlite:
                 connection.exec_driver_sql("PRAGMA foreign_keys=ON")
                 connection.commit()
+
+
+def _restore_fts_triggers(connection: Connection) -> None:
+    """A batch migration that rebuilds `messages` on SQLite drops its triggers silently, and full-text search
+    would then miss every later message; put them back (a no-op when they are there)."""
+    from storage.search import SQLITE_FTS_TRIGGERS
+
+    exists = connection.exec_driver_sql(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'messages_fts'"
+    ).first()
+    if exists:
+        for statement in SQLITE_FTS_TRIGGERS:
+            connection.exec_driver_sql(statement)
 
 
 def autogenerate(engine: Engine, message: str) -> None:

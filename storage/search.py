@@ -42,6 +42,19 @@ TEXT_CANDIDATES = 10_000
 # "showing 100 of 316" is counted exactly up to this many matches; beyond it, "of more than 10000".
 COUNT_CAP = 10_000
 
+_NEW = f"new.id, new.subject, substr(new.text, 1, {FTS_TEXT_CHARS})"
+_OLD = f"'delete', old.id, old.subject, substr(old.text, 1, {FTS_TEXT_CHARS})"
+_ADD = f"INSERT INTO messages_fts(rowid, subject, body) VALUES ({_NEW});"
+_FORGET = f"INSERT INTO messages_fts(messages_fts, rowid, subject, body) VALUES ({_OLD});"
+# The triggers that keep `messages_fts` in step (created by migration 0008). SQLite drops a table's triggers
+# when a batch migration rebuilds it, so `schema.upgrade` runs these again after every upgrade.
+SQLITE_FTS_TRIGGERS = (
+    f"CREATE TRIGGER IF NOT EXISTS messages_fts_insert AFTER INSERT ON messages BEGIN {_ADD} END",
+    f"CREATE TRIGGER IF NOT EXISTS messages_fts_delete AFTER DELETE ON messages BEGIN {_FORGET} END",
+    "CREATE TRIGGER IF NOT EXISTS messages_fts_update AFTER UPDATE OF subject, text ON messages "
+    f"BEGIN {_FORGET} {_ADD} END",
+)
+
 _REFANG = [
     (re.compile(r"(?i)\bhxxp(s?)"), r"http\1"),
     (re.compile(r"\[\.\]|\(\.\)|\{\.\}|\[dot\]", re.I), "."),

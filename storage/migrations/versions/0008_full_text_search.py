@@ -1,8 +1,8 @@
 """the desk's search: full text (SQLite FTS5 with triggers, PostgreSQL GIN on tsvector), reversed hosts for
 subdomain lookups, the queue's status + created_at index
 
-Revision ID: 0007
-Revises: 0006
+Revision ID: 0008
+Revises: 0007
 Create Date: 2026-12-01 22:50:00
 """
 
@@ -19,8 +19,8 @@ PG_TSVECTOR = (
     f"left(coalesce(messages.text, ''), {FTS_TEXT_CHARS}))"
 )
 
-revision: str = "0007"
-down_revision: str | None = "0006"
+revision: str = "0008"
+down_revision: str | None = "0007"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

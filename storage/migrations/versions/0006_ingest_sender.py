@@ -1,7 +1,7 @@
 """inbox: an unknown envelope sender is NULL, not the null sender ""; a per-entry confirm choice
 
-Revision ID: 0009
-Revises: 0008
+Revision ID: 0006
+Revises: 0005
 Create Date: 2026-12-01 23:20:00
 
 `ingest` of a file without envelope stored "" (the null sender), so every imported report classified as a
@@ -14,8 +14,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0009"
-down_revision: str | None = "0008"
+revision: str = "0006"
+down_revision: str | None = "0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
