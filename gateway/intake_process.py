@@ -149,6 +149,9 @@ class IntakeProcess:
         self._stop = children.flag()
         self._processes: list[Any] = []
         self._readers: list[threading.Thread] = []
+        # Held for each child's life: a queue dropped early unlinks its semaphores under a child still
+        # starting (it opens them by name while unpickling its arguments).
+        self._queues: dict[int, Any] = {}
         self._monitor: asyncio.Task[None] | None = None
         self._closing = False
 
@@ -171,6 +174,7 @@ class IntakeProcess:
             daemon=True,
         )
         process.start()
+        self._queues[index] = results
         reader = threading.Thread(
             target=self._read_results, args=(results, process), name="intake-results", daemon=True
         )

@@ -16,6 +16,18 @@ from pathlib import Path
 import pytest
 
 from tests.test_reliability import _free_port, _start_serve, _write_config
+from tests.test_systemd import (  # noqa: F401 (fixtures)
+    SERVICE,
+    Deployment,
+    NotifySocket,
+    _kernel_sandbox_available,
+    _unit_sandbox,
+    _unit_settings,
+    deployment,
+    notify_socket,
+    upgraded,
+)
+from tests.test_systemd import _stop as _stop_unit
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads children from /proc")
@@ -175,3 +187,48 @@ def test_sigkilled_intake_child_leaves_the_listener_answering_and_mail_is_stored
         assert proc.wait(timeout=30) == 0
     finally:
         _stop(proc)
+
+
+def _niceness(pid: int) -> int:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat.rpartition(")")[2].split()[16])  # field 19, counted after the comm
+
+
+def _address_space_limit(pid: int) -> str:
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max address space"):
+            return line.split()[3]
+    return ""
+
+
+def test_unit_bounds_memory_and_tasks() -> None:
+    settings = _unit_settings(SERVICE)
+    assert settings.get("MemoryMax") and settings.get("MemoryHigh") and settings.get("TasksMax")
+
+
+def test_extra_intake_process_nice_and_preparation_cap_work_inside_the_units_syscall_filter(
+    upgraded: Deployment, notify_socket: NotifySocket  # noqa: F811
+) -> None:
+    """os.nice (setpriority) and RLIMIT_AS (prlimit64) fail only at run time under SystemCallFilter=,
+    and the gateway suppresses a failed nice: so read the result from /proc, with the unit's filter on."""
+    reason = _kernel_sandbox_available()
+    if reason:
+        pytest.skip(reason)
+    text = upgraded.config.read_text()
+    upgraded.config.write_text(text.replace("[intake]\n", "[intake]\nprocesses = 2\n", 1))
+    assert "processes = 2" in upgraded.config.read_text()
+    proc = upgraded.serve(notify_socket, extra_env=_unit_sandbox())
+    try:
+        notify_socket.wait_for("READY=1")
+        deadline = time.monotonic() + DEADLINE
+        nice, capped = [], []
+        while time.monotonic() < deadline and not (nice and len(capped) >= 2):
+            intake = _children(proc.pid)
+            nice = [p for p in intake if _niceness(p) == 10]
+            capped = [g for p in intake for g in _children(p) if _address_space_limit(g) == str(1 << 30)]
+            time.sleep(0.2)
+        assert len(nice) == 1, "the second intake process did not lower its priority"
+        assert len(capped) == 2, "no preparation child with its address space capped"
+    finally:
+        stderr = _stop_unit(proc)
+    assert b"Traceback" not in stderr, stderr.decode(errors="replace")[-3000:]
