@@ -78,3 +78,38 @@ async def cancel(task: asyncio.Task[None] | None) -> None:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+class Wakeup:
+    """A wake-up signal any process may send and the intake children wait on: one byte in a pipe.
+
+    Not a multiprocessing Event: its set() waits for every sleeper to acknowledge (a semaphore round
+    trip), so a child SIGKILLed while waiting (what the OOM killer does) left the parent's event loop
+    blocked in set() for good: no banner, no watchdog, SIGTERM ignored (issue 15). A write to a
+    non-blocking pipe cannot block: a full pipe means a wake-up is already pending. Nothing in it is
+    owned by a child, so a respawned child needs only the read end again, which this object carries."""
+
+    def __init__(self) -> None:
+        self._reader, self._writer = CONTEXT.Pipe(duplex=False)
+        # O_NONBLOCK lives on the open file description, which every process receiving these shares.
+        os.set_blocking(self._reader.fileno(), False)
+        os.set_blocking(self._writer.fileno(), False)
+
+    def set(self) -> None:
+        with contextlib.suppress(BlockingIOError, InterruptedError):
+            os.write(self._writer.fileno(), b"\0")
+
+    def wait(self, timeout: float) -> bool:
+        """Up to `timeout` seconds for a wake-up; True if there was one (all pending ones are consumed)."""
+        if not self._reader.poll(timeout):
+            return False
+        with contextlib.suppress(BlockingIOError, InterruptedError):
+            while os.read(self._reader.fileno(), 4096):
+                pass
+        return True
+
+
+def flag() -> Any:
+    """A stop flag shared with the children: a byte of shared memory without a lock (a multiprocessing
+    Event has one, and a child killed while holding it would block whoever sets the flag next)."""
+    return CONTEXT.RawValue("b", 0)

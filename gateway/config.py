@@ -79,6 +79,11 @@ class IntakeConfig(_Section):
     # A message that fails processing this many times is stored as `processing_failed` (Mailman's shunt).
     max_attempts: int = Field(default=3, gt=0)
     processing_timeout: float = Field(default=30.0, gt=0)
+    # The address space of the process that prepares messages (RLIMIT_AS, gateway/preparer.py): a message
+    # that needs more ends `processing_failed` instead of growing intake until the OOM killer picks.
+    prepare_memory_mb: int = Field(default=1024, ge=0)  # 0: no cap
+    # Decoded text beyond this is kept raw but not escaped, defanged or searched (a `text_truncated` defect).
+    max_text_chars: int = Field(default=1024 * 1024, ge=1024)
     # "process": parsing and the case transaction run in a child process, off the SMTP loop's GIL.
     # "thread": in the listener's process (one process to debug; what the in-process tests use).
     mode: Literal["process", "thread"] = "process"

@@ -4,10 +4,12 @@
 Why: parsing, escaping and the case transaction are CPU work, and in the listener's process they compete
 with the SMTP event loop for the GIL; the benchmark's profile showed 250 replies waiting behind them. In a
 child process they run on the other core. The parent wakes the child when the inbox has new entries (a
-multiprocessing Event: a semaphore post, never blocking the loop); the child reports each committed batch
-back over a queue (case opened, thread signal, received time) so the parent's metrics and confirmation
-worker see what happened. A child that dies is started again; the inbox lease design means nothing it had
-claimed is lost, and on restart its claims are released (its pid is gone).
+byte in a non-blocking pipe, children.Wakeup: nothing a dead child held can block the loop); each child
+reports each committed batch back over a queue of its own (case opened, thread signal, received time) so
+the parent's metrics and confirmation worker see what happened. Each child prepares messages in a child of
+its own (gateway/preparer.py), killed and replaced when one message overruns its time or memory. A child
+that dies is started again; the inbox lease design means nothing it had claimed is lost, and on restart
+its claims are released (its pid is gone).
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
-from multiprocessing.synchronize import Event as ProcessEvent
 from typing import Any
 
 from gateway import children
@@ -39,8 +40,8 @@ Summary = tuple[int, str, int, bool, str, str, bool, datetime | None]
 
 def _child(
     config: Config,
-    wake: ProcessEvent,
-    stop: ProcessEvent,
+    wake: children.Wakeup,
+    stop: Any,
     results: Any,
     level: str,
     parent_pid: int,
@@ -48,6 +49,9 @@ def _child(
 ) -> None:
     """The child's whole life: claim, process, report; until told to stop and the inbox is drained."""
     children.begin(parent_pid, level)
+    # Its preparation child (gateway/preparer.py) needs a non-daemonic parent; this process still dies
+    # with the gateway (children.begin) and kills its preparation child on the way out.
+    multiprocessing.current_process().daemon = False
     if niceness:
         with contextlib.suppress(OSError):
             os.nice(niceness)
@@ -79,7 +83,7 @@ def _child(
             ]
         )
 
-    worker = IntakeWorker(config, store, build_threader(config), on_committed=report)
+    worker = IntakeWorker(config, store, build_threader(config), on_committed=report, isolated=True)
     reload_requested = threading.Event()
     signal.signal(signal.SIGHUP, lambda *_: reload_requested.set())
     while True:
@@ -93,18 +97,18 @@ def _child(
         except Exception as exc:  # the store is down: back off; entries stay pending
             log.warning("intake pass failed: error=%s", type(exc).__name__)
             handled = 0
-            stop.wait(1.0)
+            wake.wait(1.0)
         if handled:
             continue
-        if stop.is_set():
+        if stop.value:
             # Nothing to claim is not yet an empty inbox: another child may hold claims it could give
             # back (a failure releases its entry), so stop only when nothing is pending at all.
             if _inbox_empty(store):
                 break
             time.sleep(0.1)
             continue
-        if wake.wait(1.0):
-            wake.clear()
+        wake.wait(1.0)
+    worker.close()
     store.engine.dispose()
 
 
@@ -126,12 +130,14 @@ def _reloaded(config: Config, store: Any, worker: Any, report: Any) -> Any:
         log.error("intake reload refused: %s", exc)
         return worker
     log.info("intake process reloaded its configuration")
-    return IntakeWorker(fresh, store, build_threader(fresh), on_committed=report)
+    worker.close()
+    return IntakeWorker(fresh, store, build_threader(fresh), on_committed=report, isolated=True)
 
 
 class IntakeProcess:
     """The parent's handle on the children: start, wake, restart on death, stop with a drain. They share
-    one wake event (each wakes and claims what it can) and one results queue."""
+    one wake-up pipe (each wakes and claims what it can); each has a results queue of its own, created
+    with it, so a child killed while writing to one cannot wedge its successor or its siblings."""
 
     def __init__(
         self, config: Config, on_committed: Callable[[Sequence[Committed]], None], level: str = "INFO"
@@ -139,18 +145,18 @@ class IntakeProcess:
         self.config = config
         self.on_committed = on_committed
         self.level = level
-        self._wake = _CONTEXT.Event()
-        self._stop = _CONTEXT.Event()
-        self._results: Any = _CONTEXT.Queue()
+        self._wake = children.Wakeup()
+        self._stop = children.flag()
         self._processes: list[Any] = []
-        self._reader: threading.Thread | None = None
+        self._readers: list[threading.Thread] = []
+        # Held for each child's life: a queue dropped early unlinks its semaphores under a child still
+        # starting (it opens them by name while unpickling its arguments).
+        self._queues: dict[int, Any] = {}
         self._monitor: asyncio.Task[None] | None = None
         self._closing = False
 
     def start(self) -> None:
         self._processes = [self._spawn(n) for n in range(self.config.intake.processes)]
-        self._reader = threading.Thread(target=self._read_results, name="intake-results", daemon=True)
-        self._reader.start()
         self._monitor = asyncio.get_running_loop().create_task(
             children.supervise(self._processes, self._spawn, lambda: self._closing, "intake"),
             name="intake-monitor",
@@ -160,13 +166,20 @@ class IntakeProcess:
         # The first child runs at the listener's priority; the others only take CPU the listener and the
         # first child leave (os.nice): under a flood they must not slow the 250s down.
         niceness = 0 if index == 0 else _EXTRA_NICENESS
+        results: Any = _CONTEXT.Queue()
         process = _CONTEXT.Process(
             target=_child,
-            args=(self.config, self._wake, self._stop, self._results, self.level, os.getpid(), niceness),
+            args=(self.config, self._wake, self._stop, results, self.level, os.getpid(), niceness),
             name="abuse-gateway-intake",
             daemon=True,
         )
         process.start()
+        self._queues[index] = results
+        reader = threading.Thread(
+            target=self._read_results, args=(results, process), name="intake-results", daemon=True
+        )
+        reader.start()
+        self._readers = [r for r in self._readers if r.is_alive()] + [reader]
         log.info("intake process started: pid=%s", process.pid)
         return process
 
@@ -174,7 +187,7 @@ class IntakeProcess:
         self._wake.set()
 
     @property
-    def wake_event(self) -> ProcessEvent:
+    def wake_event(self) -> children.Wakeup:
         """For the other listener processes, whose inboxes wake the intake children themselves."""
         return self._wake
 
@@ -187,12 +200,13 @@ class IntakeProcess:
         """All of them run (the watchdog and the tests ask)."""
         return bool(self._processes) and all(p.is_alive() for p in self._processes)
 
-    def _read_results(self) -> None:
+    def _read_results(self, results: Any, process: Any) -> None:
+        """One thread per child: until the child is gone and its queue empty (or the gateway closes)."""
         while True:
             try:
-                batch = self._results.get(timeout=1.0)
+                batch = results.get(timeout=1.0)
             except queue.Empty:
-                if self._closing:
+                if self._closing or not process.is_alive():
                     return
                 continue
             except (EOFError, OSError):
@@ -203,7 +217,7 @@ class IntakeProcess:
         """Let the child drain the inbox and exit; past `grace`, terminate it (its work stays pending)."""
         self._closing = True
         await children.cancel(self._monitor)
-        self._stop.set()
+        self._stop.value = 1
         self._wake.set()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
@@ -214,8 +228,8 @@ class IntakeProcess:
                 log.warning("intake process did not drain in %.0fs; terminating: pid=%s", grace, process.pid)
                 process.terminate()
                 await asyncio.to_thread(process.join, 5)
-        if self._reader is not None:
-            await asyncio.to_thread(self._reader.join, 5)
+        for reader in self._readers:
+            await asyncio.to_thread(reader.join, 5)
 
 
 @contextlib.contextmanager
@@ -230,7 +244,7 @@ def helpers(config: Config, count: int, level: str = "WARNING") -> Iterator[Call
     connection must never cross a fork); each child opens its own. `serve` keeps spawning (it forks from
     a process with a loop, threads and sockets)."""
     context = multiprocessing.get_context("fork")
-    wake, stop = context.Event(), context.Event()
+    wake, stop = children.Wakeup(), children.flag()
     processes = [
         context.Process(
             target=_child,
@@ -245,7 +259,7 @@ def helpers(config: Config, count: int, level: str = "WARNING") -> Iterator[Call
     try:
         yield wake.set
     finally:
-        stop.set()
+        stop.value = 1
         wake.set()
         for child in processes:
             child.join()

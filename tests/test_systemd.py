@@ -514,11 +514,11 @@ def _unit_sandbox() -> dict[str, str]:
     unit itself, as the variables _AS_MAIN_PID turns into a seccomp filter and PR_SET_MDWE."""
     settings = _unit_settings(SERVICE)
     groups = _syscall_groups()
+    # In order, as systemd applies them after a first allow list: `~` lines take calls out, others add.
     allow: set[str] = set()
-    deny: set[str] = set()
     for value in settings["SystemCallFilter"]:
         if value.startswith("~"):
-            deny |= _expand(value[1:].split(), groups)
+            allow -= _expand(value[1:].split(), groups)
         else:
             allow |= _expand(value.split(), groups)
     families = [
@@ -527,7 +527,7 @@ def _unit_sandbox() -> dict[str, str]:
     assert settings["MemoryDenyWriteExecute"] == ["yes"]
     assert settings["SystemCallErrorNumber"] == ["EPERM"]
     return {
-        "_SECCOMP_ALLOW": ",".join(sorted(allow - deny)),
+        "_SECCOMP_ALLOW": ",".join(sorted(allow)),
         "_SECCOMP_FAMILIES": ",".join(families),
         "_MDWE": "1",
     }
