@@ -154,17 +154,18 @@ def test_a_dead_worker_task_is_restarted_and_counted() -> None:
     from gateway.service import supervise_task
 
     runs: list[int] = []
+    restarted = asyncio.Event()
 
     async def worker() -> None:
         runs.append(1)
         if len(runs) == 1:
             raise RuntimeError("killed by a poisonous row")
+        restarted.set()
         await asyncio.sleep(3600)
 
     async def scenario() -> None:
         task = asyncio.create_task(supervise_task("test-worker", worker, backoff=0.01))
-        while len(runs) < 2:
-            await asyncio.sleep(0.01)
+        await asyncio.wait_for(restarted.wait(), 30)
         assert metrics.TASK_UP.labels("test-worker")._value.get() == 1
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
