@@ -32,7 +32,14 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 
 from gateway import metrics
 from gateway.config import Config
-from parsers.address import has_control, is_plain_mailbox, is_plain_message_id
+from parsers.address import (
+    client_network,
+    has_control,
+    is_plain_mailbox,
+    is_plain_message_id,
+    mailbox_key,
+    registrable_domain,
+)
 from parsers.auto import is_bulk_or_list
 from parsers.reply_token import make_reply_token
 from storage.store import CaseStore, ConfirmRequest, Lookup, OutboxJob, PreparedMessage
@@ -137,20 +144,33 @@ def confirm_policy(config: Config) -> object:
     domain = config.confirm.from_.partition("@")[2] or "localhost"
     per_address = config.confirm.per_address_per_hour
     per_domain = config.confirm.per_domain_per_hour
+    per_network = config.confirm.per_network_per_hour
+    prefixes = (config.confirm.network_prefix_v4, config.confirm.network_prefix_v6)
 
     def decide(item: PreparedMessage, lookup: Lookup, opening: bool) -> ConfirmRequest | None:
         sender = (item.entry.mail_from or "").strip(" \t").lower()
         kind = "confirmation" if opening else "acknowledgement"
         reason = "own_mail" if _own_mail(item, lookup, domain) else _suppression(item, sender)
+        keys: dict[str, str] = {}
         if reason is None:
+            keys = {
+                "rate_mailbox": mailbox_key(sender),
+                "rate_domain": registrable_domain(sender.rpartition("@")[2]),
+                "client_net": client_network(item.entry.client_addr, *prefixes),
+            }
             since = datetime.now(UTC) - timedelta(hours=1)
-            if lookup.confirmations_since(sender, since) >= per_address:
+            to_mailbox, to_domain, from_network = lookup.confirmation_counts(
+                keys["rate_mailbox"], keys["rate_domain"], keys["client_net"], since
+            )
+            if to_mailbox >= per_address:
                 reason = "rate_limited_address"
-            elif lookup.confirmations_to_domain_since(sender.partition("@")[2], since) >= per_domain:
+            elif to_domain >= per_domain:
                 reason = "rate_limited_domain"
+            elif from_network >= per_network:
+                reason = "rate_limited_network"
         if reason is not None:
-            return ConfirmRequest(recipient=sender, kind=kind, suppressed_reason=reason)
-        return ConfirmRequest(recipient=sender, kind=kind, message_id=make_msgid(domain=domain)[1:-1])
+            return ConfirmRequest(recipient=sender, kind=kind, suppressed_reason=reason, **keys)
+        return ConfirmRequest(recipient=sender, kind=kind, message_id=make_msgid(domain=domain)[1:-1], **keys)
 
     return decide
 

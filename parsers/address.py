@@ -49,3 +49,40 @@ def is_plain_message_id(message_id: str) -> bool:
         and _DOT_ATOM.fullmatch(left) is not None
         and _DOT_ATOM.fullmatch(right) is not None
     )
+
+
+# Mail providers that deliver `first.last` and `firstlast` to one mailbox: dots are removed for the cap.
+DOTLESS_DOMAINS = frozenset({"gmail.com", "googlemail.com"})
+
+
+def mailbox_key(address: str) -> str:
+    """The mailbox an address reaches, for the confirmation caps: lower case, the plus-tag dropped and, for
+    providers that ignore them, the dots, so `v.ictim+1@gmail.com` and `victim+2@gmail.com` count once."""
+    local, _, domain = address.lower().rpartition("@")
+    local = local.partition("+")[0]
+    if domain in DOTLESS_DOMAINS:
+        local = local.replace(".", "")
+        domain = "gmail.com"
+    return f"{local}@{domain}"
+
+
+def registrable_domain(domain: str) -> str:
+    """The domain as registered (PSL, tldextract's bundled snapshot, never fetched): `a.example.co.uk` and
+    `b.example.co.uk` share one per-domain cap."""
+    from parsers.urlscan import _EXTRACT  # one extractor for the process (the snapshot loads once)
+
+    domain = domain.lower().rstrip(".")
+    return _EXTRACT(domain).top_domain_under_public_suffix or domain
+
+
+def client_network(client_addr: str | None, v4_prefix: int = 24, v6_prefix: int = 64) -> str:
+    """The sending network (an IPv4 /24, an IPv6 /64 by default); "local" for mail that came without SMTP
+    (`ingest`) or from an address we cannot read."""
+    import ipaddress
+
+    try:
+        ip = ipaddress.ip_address((client_addr or "").strip("[]"))
+    except ValueError:
+        return "local"
+    prefix = v4_prefix if ip.version == 4 else v6_prefix
+    return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))

@@ -174,3 +174,55 @@ def test_a_dead_worker_task_is_restarted_and_counted() -> None:
     before = metrics.TASK_RESTARTS.labels("test-worker")._value.get()
     asyncio.run(scenario())
     assert metrics.TASK_RESTARTS.labels("test-worker")._value.get() == before + 1
+
+
+def _send_from(port: int, raw: bytes, sender: str, source: str = "127.0.0.1") -> None:
+    import smtplib
+
+    with smtplib.SMTP("127.0.0.1", port, timeout=30, source_address=(source, 0)) as client:
+        client.sendmail(sender, ["abuse@example.org"], raw)
+
+
+def test_plus_tags_and_gmail_dots_count_as_one_mailbox(
+    gateway_factory, store_url: str, smtp_sink: Sink
+) -> None:
+    gateway = _confirming(gateway_factory, store_url, smtp_sink, per_address_per_hour=2)
+    for sender in ("victim+1@gmail.com", "v.i.c.t.i.m+2@gmail.com", "Victim@googlemail.com"):
+        gateway.send(_report(), mail_from=sender)
+    rows = gateway.wait_outbox(lambda rows: len(rows) == 3 and all(r["state"] != "queued" for r in rows))
+    assert sorted(r["suppressed_reason"] or "" for r in rows) == ["", "", "rate_limited_address"]
+
+
+def test_per_domain_cap_counts_the_registrable_domain(
+    gateway_factory, store_url: str, smtp_sink: Sink
+) -> None:
+    gateway = _confirming(gateway_factory, store_url, smtp_sink, per_domain_per_hour=2)
+    for sender in ("a@one.example.co.uk", "b@two.example.co.uk", "c@example.co.uk"):
+        gateway.send(_report(), mail_from=sender)
+    rows = gateway.wait_outbox(lambda rows: len(rows) == 3 and all(r["state"] != "queued" for r in rows))
+    assert sorted(r["suppressed_reason"] or "" for r in rows) == ["", "", "rate_limited_domain"]
+
+
+def test_forged_flood_from_one_network_does_not_mute_the_domains_real_reporters(
+    gateway_factory, store_url: str, smtp_sink: Sink
+) -> None:
+    """The per-domain cap counts per client network: a flood of forged @victim.example reports from one
+    network exhausts that network's share only (networks are /32 here so loopback addresses differ)."""
+    gateway = _confirming(gateway_factory, store_url, smtp_sink, per_domain_per_hour=3, network_prefix_v4=32)
+    for n in range(6):
+        _send_from(gateway.port, _report(), f"forged{n}@victim.example", source="127.0.0.2")
+    _send_from(gateway.port, _report(), "real.reporter@victim.example", source="127.0.0.3")
+    rows = gateway.wait_outbox(lambda rows: len(rows) == 7 and all(r["state"] != "queued" for r in rows))
+    [real] = [r for r in rows if r["recipient"] == "real.reporter@victim.example"]
+    assert real["suppressed_reason"] is None
+    assert sum(r["suppressed_reason"] == "rate_limited_domain" for r in rows) == 3
+
+
+def test_per_network_cap_limits_a_flood_over_many_domains(
+    gateway_factory, store_url: str, smtp_sink: Sink
+) -> None:
+    gateway = _confirming(gateway_factory, store_url, smtp_sink, per_network_per_hour=2)
+    for n in range(3):
+        gateway.send(_report(), mail_from=f"someone@victim{n}.example")
+    rows = gateway.wait_outbox(lambda rows: len(rows) == 3 and all(r["state"] != "queued" for r in rows))
+    assert sorted(r["suppressed_reason"] or "" for r in rows) == ["", "", "rate_limited_network"]
