@@ -226,3 +226,72 @@ def test_per_network_cap_limits_a_flood_over_many_domains(
         gateway.send(_report(), mail_from=f"someone@victim{n}.example")
     rows = gateway.wait_outbox(lambda rows: len(rows) == 3 and all(r["state"] != "queued" for r in rows))
     assert sorted(r["suppressed_reason"] or "" for r in rows) == ["", "", "rate_limited_network"]
+
+
+def test_two_gateways_on_postgresql_send_exactly_the_cap(tmp_path, smtp_sink: Sink) -> None:
+    """Two `serve` processes, one PostgreSQL, cap 5, sixty reports from one address: five confirmations
+    (before the fix the two gateways' counts raced and 8 went out)."""
+    import subprocess
+    import sys
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+    from pathlib import Path
+
+    from gateway.config import load_config
+    from gateway.service import build_store
+    from storage import schema
+    from tests.conftest import PG_URL, free_port, reset_postgres, wait_for_port
+
+    if not PG_URL:
+        pytest.skip("ABUSE_GATEWAY_TEST_PG is not set")
+    reset_postgres(PG_URL)
+    store = build_store(load_config(None, environ={"ABUSE_GATEWAY_STORE_URL": PG_URL}))
+    schema.upgrade(store.engine)
+    ports, procs = [free_port(), free_port()], []
+    for n, port in enumerate(ports):
+        home = tmp_path / f"gw{n}"
+        home.mkdir()
+        (home / "gateway.toml").write_text(
+            f'[smtp]\nlisten = ["127.0.0.1:{port}"]\nhostname = "gw{n}.test"\n'
+            f'[intake]\naddresses = ["abuse@example.org"]\n'
+            f'[store]\nurl = "{PG_URL}"\nspool_dir = "{home}/spool"\n'
+            f'[confirm]\nfrom = "abuse@example.org"\nsmarthost = "{smtp_sink.address}"\n'
+            f'secret_file = "{tmp_path}/key"\nper_address_per_hour = 5\n'
+        )
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "gateway", "serve", "--config", str(home / "gateway.toml")],
+                cwd=Path(__file__).resolve().parents[1],
+                stdout=subprocess.DEVNULL,
+                stderr=(home / "stderr.log").open("wb"),
+            )
+        )
+    try:
+        for port in ports:
+            wait_for_port(port)
+        logs = [tmp_path / f"gw{n}" / "stderr.log" for n in range(2)]
+        deadline = time.monotonic() + 60  # both intake processes running, so both take part
+        while not all(b"intake worker ready" in log.read_bytes() for log in logs):
+            assert time.monotonic() < deadline, "intake processes did not start"
+            time.sleep(0.1)
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            jobs = [pool.submit(_send_from, ports[n % 2], _report(), "same@example.net") for n in range(60)]
+            for job in jobs:
+                job.result()
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            rows = store.list_outbox()
+            if len(rows) == 60 and all(r["state"] in ("sent", "suppressed") for r in rows):
+                break
+            time.sleep(0.2)
+        time.sleep(1.0)
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(timeout=60)
+    rows = store.list_outbox()
+    store.engine.dispose()
+    assert len(rows) == 60
+    assert sum(r["state"] == "sent" for r in rows) == 5
+    assert len(smtp_sink.handler.received) == 5
