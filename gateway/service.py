@@ -194,8 +194,16 @@ class Service:
             ("intake.addresses", old.intake.addresses, new.intake.addresses),
             (
                 "confirm caps",
-                (old.confirm.per_address_per_hour, old.confirm.per_domain_per_hour),
-                (new.confirm.per_address_per_hour, new.confirm.per_domain_per_hour),
+                (
+                    old.confirm.per_address_per_hour,
+                    old.confirm.per_domain_per_hour,
+                    old.confirm.per_network_per_hour,
+                ),
+                (
+                    new.confirm.per_address_per_hour,
+                    new.confirm.per_domain_per_hour,
+                    new.confirm.per_network_per_hour,
+                ),
             ),
             ("log.level", old.log.level, new.log.level),
             (
