@@ -17,7 +17,7 @@ from storage.models import Case, OutboxRow
 from tests.conftest import RunningGateway, Sink
 
 # CR, VT, FF, FS, NEL, LINE SEPARATOR, PARAGRAPH SEPARATOR: each made `build_message` raise in the worker.
-LINE_BREAKERS = ["\r", "\x0b", "\x0c", "\x1c", "\x85", "\u2028", "\u2029"]
+LINE_BREAKERS = ["\x00", "\r", "\x0b", "\x0c", "\x1c", "\x85", "\u2028", "\u2029"]
 
 
 def _report(message_id: str | None = None) -> bytes:
