@@ -146,7 +146,13 @@ class ConfirmConfig(_Section):
     starttls: bool = False
     outbox_dir: str = "var/outbox"
     per_address_per_hour: int = Field(default=5, ge=0)
+    # Caps (issue 15): per normalised mailbox (plus-tag and, for gmail.com, dots removed); per registrable
+    # domain *counted per client network*, so a forged flood from one network cannot mute that domain's real
+    # reporters sending from elsewhere; and per client network over all domains.
     per_domain_per_hour: int = Field(default=50, ge=0)
+    per_network_per_hour: int = Field(default=200, ge=0)
+    network_prefix_v4: int = Field(default=24, ge=8, le=32)
+    network_prefix_v6: int = Field(default=64, ge=16, le=128)
     secret_file: str = "var/reply-token.key"
     old_secret_files: tuple[str, ...] = ()
     # Only {case_id} may appear: a confirmation never carries text from the report (issue 4).

@@ -31,7 +31,16 @@ from pathlib import Path
 import aiosmtplib
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
+from gateway import metrics
 from gateway.config import Config, ConfigError
+from parsers.address import (
+    client_network,
+    has_control,
+    is_plain_mailbox,
+    is_plain_message_id,
+    mailbox_key,
+    registrable_domain,
+)
 from parsers.auto import is_bulk_or_list
 from parsers.reply_token import make_reply_token
 from storage.store import CaseStore, ConfirmRequest, Lookup, OutboxJob, PreparedMessage
@@ -116,6 +125,12 @@ def _suppression(item: PreparedMessage, sender: str) -> str | None:
         return "untrusted_gateway_headers"
     if not sender or sender == "<>":
         return "null_sender"
+    # SMTP refuses these at MAIL FROM; `ingest --sender`, the spool and older stores still bring them.
+    if has_control(sender):
+        return "invalid_sender"
+    # Only `dot-atom@host`: a quoted local part would put attacker-chosen text in the To: (issue 15).
+    if not is_plain_mailbox(sender):
+        return "non_plain_address"
     if sender.partition("@")[0].lower() in _SYSTEM_LOCALPARTS:
         return "system_sender"
     if item.kind == "machine_report":
@@ -147,20 +162,33 @@ def confirm_policy(config: Config) -> object:
     domain = config.confirm.from_.partition("@")[2] or "localhost"
     per_address = config.confirm.per_address_per_hour
     per_domain = config.confirm.per_domain_per_hour
+    per_network = config.confirm.per_network_per_hour
+    prefixes = (config.confirm.network_prefix_v4, config.confirm.network_prefix_v6)
 
     def decide(item: PreparedMessage, lookup: Lookup, opening: bool) -> ConfirmRequest | None:
-        sender = (item.entry.mail_from or "").strip().lower()
+        sender = (item.entry.mail_from or "").strip(" \t").lower()
         kind = "confirmation" if opening else "acknowledgement"
         reason = "own_mail" if _own_mail(item, lookup, domain) else _suppression(item, sender)
+        keys: dict[str, str] = {}
         if reason is None:
+            keys = {
+                "rate_mailbox": mailbox_key(sender),
+                "rate_domain": registrable_domain(sender.rpartition("@")[2]),
+                "client_net": client_network(item.entry.client_addr, *prefixes),
+            }
             since = datetime.now(UTC) - timedelta(hours=1)
-            if lookup.confirmations_since(sender, since) >= per_address:
+            to_mailbox, to_domain, from_network = lookup.confirmation_counts(
+                keys["rate_mailbox"], keys["rate_domain"], keys["client_net"], since
+            )
+            if to_mailbox >= per_address:
                 reason = "rate_limited_address"
-            elif lookup.confirmations_to_domain_since(sender.partition("@")[2], since) >= per_domain:
+            elif to_domain >= per_domain:
                 reason = "rate_limited_domain"
+            elif from_network >= per_network:
+                reason = "rate_limited_network"
         if reason is not None:
-            return ConfirmRequest(recipient=sender, kind=kind, suppressed_reason=reason)
-        return ConfirmRequest(recipient=sender, kind=kind, message_id=make_msgid(domain=domain)[1:-1])
+            return ConfirmRequest(recipient=sender, kind=kind, suppressed_reason=reason, **keys)
+        return ConfirmRequest(recipient=sender, kind=kind, message_id=make_msgid(domain=domain)[1:-1], **keys)
 
     return decide
 
@@ -196,8 +224,16 @@ This is an automatic message.
 """
 
 
+class UnsendableJob(Exception):
+    """A row no confirmation can be built for (a recipient an older version queued unchecked): the row
+    fails, the worker goes on."""
+
+
 def build_message(config: Config, job: OutboxJob, key: bytes) -> EmailMessage:
-    """The confirmation, from our own text only (no byte of the report reaches it)."""
+    """The confirmation, from our own text only (no byte of the report reaches it). The recipient is
+    checked again here, not only by the policy: rows also come from older versions sharing the store."""
+    if not is_plain_mailbox(job.recipient):
+        raise UnsendableJob("recipient is not a plain address")
     sender = config.confirm.from_
     local, _, domain = sender.partition("@")
     reply_to = f"{local}+{make_reply_token(job.case_id, key)}@{domain}"
@@ -213,7 +249,8 @@ def build_message(config: Config, job: OutboxJob, key: bytes) -> EmailMessage:
     message["Date"] = format_datetime(datetime.now(UTC))
     message_id = job.message_id or make_msgid(domain=domain)[1:-1]
     message["Message-ID"] = f"<{message_id}>"
-    if job.in_reply_to:
+    # A foreign Message-ID is copied only when plain and short: otherwise it is attacker text (issue 15).
+    if job.in_reply_to and is_plain_message_id(job.in_reply_to):
         message["In-Reply-To"] = f"<{job.in_reply_to}>"
         message["References"] = f"<{job.in_reply_to}>"
     message["Reply-To"] = reply_to
@@ -264,11 +301,26 @@ class ConfirmWorker:
                 log.warning("outbox claim failed: error=%s", type(exc).__name__)
                 jobs = []
             for job in jobs:
-                await self.send(job)
+                await self.send_isolated(job)
             if not jobs:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.poll_seconds)
+
+    async def send_isolated(self, job: OutboxJob) -> str:
+        """One job, whatever it holds: an error building or sending it fails that row (logged) and the
+        worker goes on with the next (issue 15: one bad row used to stop confirmations for good)."""
+        try:
+            return await self.send(job)
+        except Exception as exc:
+            reason = str(exc) if isinstance(exc, UnsendableJob) else f"internal error: {type(exc).__name__}"
+            log.error(
+                "confirmation failed: outbox_id=%d case_id=%s error=%s", job.outbox_id, job.case_id, reason
+            )
+            metrics.CONFIRM_JOB_ERRORS.inc()
+            with contextlib.suppress(Exception):  # the store may be what failed; the lease then expires
+                await asyncio.to_thread(self.store.finish_outbox, job.outbox_id, "failed", error=reason)
+            return "failed"
 
     async def send(self, job: OutboxJob) -> str:
         message = build_message(self.config, job, self.key)

@@ -42,6 +42,17 @@ SPOOL_DEPTH = Gauge("abuse_gateway_spool_depth", "Messages waiting in the local 
 STORE_ERRORS = Counter(
     "abuse_gateway_store_errors", "Store operations that failed", ["operation"], registry=REGISTRY
 )
+CONFIRM_JOB_ERRORS = Counter(
+    "abuse_gateway_confirmation_job_errors",
+    "Outbox rows failed by an error building or sending them",
+    registry=REGISTRY,
+)
+TASK_RESTARTS = Counter(
+    "abuse_gateway_task_restarts", "Service tasks restarted after they died", ["task"], registry=REGISTRY
+)
+TASK_UP = Gauge(
+    "abuse_gateway_task_up", "1 while a supervised service task runs", ["task"], registry=REGISTRY
+)
 
 
 def serve_metrics(listen: str) -> None:

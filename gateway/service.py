@@ -14,7 +14,8 @@ import contextlib
 import logging
 import os
 import signal
-from collections.abc import Callable, Iterable, Sequence
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -159,7 +160,11 @@ class Service:
         )
         if self.config.confirm.enabled:
             self.confirmer = ConfirmWorker(self.config, self.store)
-            self._tasks.append(asyncio.get_running_loop().create_task(self.confirmer.run(), name="confirm"))
+            self._tasks.append(
+                asyncio.get_running_loop().create_task(
+                    supervise_task("confirm", self.confirmer.run), name="confirm"
+                )
+            )
         if self.config.metrics.listen:
             metrics.serve_metrics(self.config.metrics.listen)
             self._tasks.append(loop.create_task(self._refresh_gauges(), name="metrics"))
@@ -199,8 +204,16 @@ class Service:
             ("intake.addresses", old.intake.addresses, new.intake.addresses),
             (
                 "confirm caps",
-                (old.confirm.per_address_per_hour, old.confirm.per_domain_per_hour),
-                (new.confirm.per_address_per_hour, new.confirm.per_domain_per_hour),
+                (
+                    old.confirm.per_address_per_hour,
+                    old.confirm.per_domain_per_hour,
+                    old.confirm.per_network_per_hour,
+                ),
+                (
+                    new.confirm.per_address_per_hour,
+                    new.confirm.per_domain_per_hour,
+                    new.confirm.per_network_per_hour,
+                ),
             ),
             ("log.level", old.log.level, new.log.level),
             (
@@ -334,6 +347,10 @@ class Service:
             if not self.inbox.alive():
                 log.error("watchdog: inbox writer stopped, withholding WATCHDOG=1")
                 continue
+            dead = [t.get_name() for t in self._tasks if t.get_name() == "confirm" and t.done()]
+            if dead:  # its supervisor itself is gone: nothing will send confirmations again
+                log.error("watchdog: task %s stopped, withholding WATCHDOG=1", dead[0])
+                continue
             try:
                 await asyncio.wait_for(asyncio.to_thread(self.store.inbox_depth), interval / 4)
             except Exception:
@@ -342,6 +359,30 @@ class Service:
                     continue
                 log.warning("watchdog: store unreachable, spooling")
             sdnotify.notify("WATCHDOG=1")
+
+
+async def supervise_task(
+    name: str, run: Callable[[], Awaitable[None]], backoff: float = 1.0, max_backoff: float = 60.0
+) -> None:
+    """Run `run` for ever: if it dies, log it, count it (`abuse_gateway_task_restarts`, and
+    `abuse_gateway_task_up` drops to 0 while it waits) and start it again after a backoff that doubles,
+    so a task that cannot start does not spin (issue 15: a dead confirmation worker was silent)."""
+    delay = backoff
+    while True:
+        metrics.TASK_UP.labels(name).set(1)
+        started = time.monotonic()
+        try:
+            await run()
+            log.error("task ended: task=%s; restarting in %.0fs", name, delay)
+        except asyncio.CancelledError:
+            metrics.TASK_UP.labels(name).set(0)
+            raise
+        except Exception as exc:
+            log.error("task died: task=%s error=%s; restarting in %.0fs", name, type(exc).__name__, delay)
+        metrics.TASK_UP.labels(name).set(0)
+        metrics.TASK_RESTARTS.labels(name).inc()
+        await asyncio.sleep(delay)
+        delay = backoff if time.monotonic() - started > max_backoff else min(delay * 2, max_backoff)
 
 
 def release_dead_claims(store: CaseStore) -> int:

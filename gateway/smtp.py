@@ -24,6 +24,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from gateway import data, metrics
 from gateway.config import Config, ConfigError, load_config
+from parsers.address import has_control
 from storage.errors import TransientError
 from storage.inbox import AppendResult, Inbox
 from storage.inbox import Envelope as InboxEnvelope
@@ -33,6 +34,9 @@ log = logging.getLogger("abuse_gateway.smtp")
 # Reply codes, shared by code and tests (RFC 5321 §4.2, enhanced codes RFC 3463).
 OK = "250 2.0.0 OK: queued as {uid}"
 RCPT_OK = "250 2.1.5 OK"
+MAIL_OK = "250 2.1.0 OK"
+# RFC 3463 §3.2 X.1.7: bad sender's mailbox address syntax (issue 15: it broke the confirmation worker).
+SENDER_CONTROL_CHARACTERS = "553 5.1.7 Sender address contains control or line-break characters"
 UNKNOWN_RECIPIENT = "550 5.1.1 No such recipient here"
 TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
 TOO_BIG = "552 5.3.4 Message too big for system"
@@ -345,6 +349,18 @@ class GatewayHandler:
         STARTTLS invites password guessing against a mechanism that cannot succeed (issue 15)."""
         session.host_name = hostname
         return [line for line in responses if not line[4:].upper().startswith("AUTH")]
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, mail_options: list[str]
+    ) -> str:
+        """Envelope syntax only (an SMTP-level refusal, not one for content): a sender with control or
+        line-break characters cannot be replied to and broke the confirmation worker (issue 15)."""
+        if has_control(address):
+            log.info("refused: reason=sender_control_characters client=%s", _ip(session))
+            metrics.REFUSED.labels("sender_control_characters").inc()
+            return SENDER_CONTROL_CHARACTERS
+        envelope.mail_from = address  # a hook that handles MAIL must record it itself
+        envelope.mail_options.extend(mail_options)
+        return MAIL_OK
 
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]

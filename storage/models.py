@@ -158,6 +158,10 @@ class OutboxRow(SQLModel, table=True):
     message_pk: int | None = Field(default=None, foreign_key="messages.id")
     kind: str = Field(default="confirmation", max_length=16)  # confirmation | acknowledgement
     recipient: str = Field(default="", index=True)  # the per-address confirmation cap counts by it
+    # What the caps count by (issue 15): the normalised mailbox, the registrable domain, the client network.
+    rate_mailbox: str | None = Field(default=None, index=True)
+    rate_domain: str | None = Field(default=None, index=True)
+    client_net: str | None = None
     # queued | sending | sent | retrying | failed | suppressed | bounced
     state: str = Field(default="queued", max_length=16, index=True)
     suppressed_reason: str | None = None

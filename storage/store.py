@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import Engine, and_, func, insert, or_, update
+from sqlalchemy import Engine, and_, func, insert, or_, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import defer
 from sqlmodel import Session, select
@@ -58,6 +58,7 @@ class ClaimedEntry:
     sha256: str
     attempts: int
     confirm: bool = True  # False: imported with `ingest --no-confirm`, no confirmation may go out
+    client_addr: str | None = None  # the per-network confirmation cap counts by it
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +97,9 @@ class ConfirmRequest:
     kind: str  # confirmation | acknowledgement
     suppressed_reason: str | None = None
     message_id: str | None = None  # ours, minted when queued so a reply can thread by header at once
+    rate_mailbox: str | None = None  # what the caps count by (gateway/confirm.py)
+    rate_domain: str | None = None
+    client_net: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +134,9 @@ class Lookup(Protocol):
     def participants(self, case_id: str) -> set[str]: ...
     def confirmations_since(self, recipient: str, since: datetime) -> int: ...
     def confirmations_to_domain_since(self, domain: str, since: datetime) -> int: ...
+    def confirmation_counts(
+        self, mailbox: str, domain: str, network: str, since: datetime
+    ) -> tuple[int, int, int]: ...
     def seen_message(self, message_id: str | None, sha256: str) -> tuple[str, bool] | None: ...
     def open_group_case(self, group_key: str, since: datetime) -> str | None: ...
 
@@ -150,11 +157,14 @@ class Committed:
 
 
 _MAX_LOOKUP_IDS = 500
+# The advisory lock key that serialises confirmation-cap decisions across gateways (any constant; "ABUC").
+_QUOTA_LOCK = 0x41425543
 
 
 class _SessionLookup:
     def __init__(self, session: Session) -> None:
         self.session = session
+        self._quota_locked = False
         # Earlier messages by ("mid", Message-ID) or ("sha", sha256 of a message without one), filled for a
         # whole batch by `prefetch_seen` and kept current by `remember`; keys not in it are asked one by one.
         self._seen: dict[tuple[str, str], list[tuple[str, str]]] = {}
@@ -249,6 +259,30 @@ class _SessionLookup:
                     OutboxRow.state != "suppressed",
                 )
             ).one()
+        )
+
+    def confirmation_counts(
+        self, mailbox: str, domain: str, network: str, since: datetime
+    ) -> tuple[int, int, int]:
+        """Confirmations (not suppressed) since `since`: to this mailbox, to this registrable domain for
+        mail from this client network, and for mail from this network at all.
+
+        Atomic across gateways: on PostgreSQL a transaction-scoped advisory lock (one key, so no lock-order
+        deadlock) is taken first and held until the transaction that queues the row commits, so a second
+        gateway counts after the first's row is visible (READ COMMITTED takes a snapshot per statement).
+        Before it, two gateways with cap 5 sent 8 (issue 15). SQLite has one writer at a time already."""
+        if self.session.get_bind().dialect.name == "postgresql" and not self._quota_locked:
+            self.session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _QUOTA_LOCK})
+            self._quota_locked = True
+        sent = and_(OutboxRow.created_at >= since, OutboxRow.state != "suppressed")
+
+        def count(*where: Any) -> int:
+            return int(self.session.exec(select(func.count(OutboxRow.id)).where(sent, *where)).one())
+
+        return (
+            count(OutboxRow.rate_mailbox == mailbox),
+            count(OutboxRow.rate_domain == domain, OutboxRow.client_net == network),
+            count(OutboxRow.client_net == network),
         )
 
     def seen_message(self, message_id: str | None, sha256: str) -> tuple[str, bool] | None:
@@ -437,12 +471,15 @@ class CaseStore:
                     InboxEntry.sha256,
                     InboxEntry.attempts,
                     InboxEntry.confirm,
+                    InboxEntry.client_addr,
                 )
                 .where(InboxEntry.id.in_(ids), InboxEntry.claimed_by == self.worker_id)
                 .order_by(InboxEntry.id)
             ).all()
         return [
-            ClaimedEntry(r[0], r[1], r[2], tuple(r[3] or ()), _aware(r[4]) or now, r[5], r[6], bool(r[7]))
+            ClaimedEntry(
+                r[0], r[1], r[2], tuple(r[3] or ()), _aware(r[4]) or now, r[5], r[6], bool(r[7]), r[8]
+            )
             for r in rows
         ]
 
@@ -649,6 +686,9 @@ class CaseStore:
                     created_at=now,
                     next_attempt_at=None if suppressed else now,
                     message_id=decision.confirm.message_id,
+                    rate_mailbox=decision.confirm.rate_mailbox,
+                    rate_domain=decision.confirm.rate_domain,
+                    client_net=decision.confirm.client_net,
                 ),
             )
         if decision.bounced:

@@ -244,9 +244,8 @@ def test_inbound_gateway_headers_are_flagged_and_get_no_confirmation(
 # ---- envelope bytes the stores cannot hold as text ---------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "sender", [b"\xff\xfe@example.net", b"nul\x00byte@example.net"], ids=["non-utf8", "nul"]
-)
+# A NUL sender is now refused at MAIL FROM (553 5.1.7, tests/test_hostile_confirm.py, issue 15).
+@pytest.mark.parametrize("sender", [b"\xff\xfe@example.net"], ids=["non-utf8"])
 def test_hostile_envelope_sender_is_stored_and_does_not_stall_intake(
     gateway_factory, store_url: str, sender: bytes
 ) -> None:
