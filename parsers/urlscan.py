@@ -229,7 +229,7 @@ def has_public_suffix(host: str) -> bool:
 def host_kind(run: str) -> Literal["ipv4", "domain"] | None:
     """Classify a dotted run found in free text. A bare name needs a real public suffix (so `v1.2.3`, `e.g`,
     `file.txt` stay prose), except `www.` names which are hosts whatever follows."""
-    if is_ipv4(run):
+    if is_ipv4(run) or dotted_quad(run) is not None:
         return "ipv4"
     last = run[run.rfind(".") + 1 :]
     if _ascii_digits(last):
@@ -241,10 +241,22 @@ def host_kind(run: str) -> Literal["ipv4", "domain"] | None:
     return "domain" if has_public_suffix(tail) else None
 
 
+def dotted_quad(run: str) -> str | None:
+    """The address a four-part, all-digit run connects to, read as inet_aton and WHATWG do (`0177.0.0.1` is
+    octal, 127.0.0.1), or None. Free text only gets this strict form: `1.2` or hex parts stay prose."""
+    parts = run.split(".")
+    if len(parts) != 4 or not all(_ascii_digits(p) and len(p) <= 4 for p in parts):
+        return None
+    return whatwg_ipv4(run)
+
+
 def email_domain_ok(run: str) -> bool:
-    """Mail domains need an alphabetic top label; this keeps `a@1.2.3.4`-like tokens out of the email path."""
+    """Mail domains need an alphabetic top label (keeps `a@1.2.3.4`-like tokens out of the email path) and
+    the same public-suffix test as a bare domain: `foo@gmail.comahhh` is not an address on a real host."""
     last = run[run.rfind(".") + 1 :]
-    return len(last) >= 2 and (last.isalpha() or last.lower().startswith("xn--"))
+    if not (len(last) >= 2 and (last.isalpha() or last.lower().startswith("xn--"))):
+        return False
+    return host_kind(run) == "domain"
 
 
 def valid_ipv6(candidate: str) -> bool:
@@ -477,6 +489,10 @@ def scan(r: str) -> Scan:
         return Scan(edits, [f for _, f in found])
     cands.sort(key=lambda c: c[0])
     path_starts = [u.auth_end for u in urls]
+    # Slashes and URL delimiters, for hosts in a path with no scheme (`a.example/files/evil.com`): in C, so a
+    # megabyte-long chunk costs one regex pass and a bisect per candidate.
+    marks = [(m.start(), m.group() == "/") for m in _PATH_MARK.finditer(r)] if "/" in r else []
+    mark_at = [i for i, _ in marks]
     taken = sorted(edits)
     merged: list[tuple[int, int, str]] = []
     ti = 0
@@ -490,11 +506,27 @@ def scan(r: str) -> Scan:
         merged.append((start, end, rep))
         last_end = end
         ui = bisect.bisect_right(path_starts, start) - 1
-        in_path = ui >= 0 and start < urls[ui].end
+        in_path = (ui >= 0 and start < urls[ui].end) or _after_slash(r, start, marks, mark_at)
         found.extend((start, Found(f.kind, f.text, in_path)) for f in items)
     edits = sorted(edits + merged)
     found.sort(key=lambda sf: sf[0])
     return Scan(edits, [f for _, f in found])
+
+
+_PATH_MARK = re.compile(r"/|" + _URL_STOP.pattern)
+
+
+def _after_slash(r: str, start: int, marks: list[tuple[int, bool]], mark_at: list[int]) -> bool:
+    """True when a free-text candidate sits in a path: a `/` comes after the last delimiter before it. A host
+    right after a leading `//` (scheme-relative `//evil.example/x`) is an authority, not a path."""
+    k = bisect.bisect_left(mark_at, start) - 1
+    if k < 0 or not marks[k][1]:
+        return False
+    slash = marks[k][0]
+    if slash == start - 1 and slash >= 1 and r[slash - 1] == "/":
+        before = r[slash - 2] if slash >= 2 else ""
+        return not (not before or before in _WRAPPING or before == "=")
+    return True
 
 
 def _host_candidates(r: str, cands: list[tuple[int, int, str, list[Found]]]) -> None:
@@ -518,7 +550,42 @@ def _host_candidates(r: str, cands: list[tuple[int, int, str, list[Found]]]) -> 
                 continue
         kind = host_kind(run)
         if kind is not None:
-            cands.append((start, end, _esc_host(run), [Found(kind, run)]))
+            # escaped either way (over-escaping is safe); only offered when nothing unknown is glued to it
+            value = (dotted_quad(run) or run) if kind == "ipv4" else run
+            items = [] if _glued_to_marker(r, start, end) else [Found(kind, value)]
+            cands.append((start, end, _esc_host(run), items))
+
+
+_OPENERS = "[({"
+_BRACKETS = "[](){}"
+_GLUE_WINDOW = 16  # how far a bracket group is looked at; markers are short, and this keeps the check O(1)
+
+
+def _name_char(ch: str) -> bool:
+    return ch == "." or ch == "-" or ch.isalnum() or ch == "_"
+
+
+def _glued_to_marker(r: str, start: int, end: int) -> bool:
+    """True when a dotted run is only part of a name because an unknown bracket marker sits in it (known
+    markers were refanged before the scan): `foo[-]bar.com`, `[www].example.com`, `192[.168.1.1`,
+    `mail.google[-].com`. Offering the run would index an innocent parent (or a prefix) of the real name.
+    Brackets that only wrap the run (`(evil.com)`, `[evil.com]`) leave it a name of its own."""
+    i = start - 1
+    dotted = i >= 0 and r[i] == "."
+    if dotted:
+        i -= 1
+    if i >= 0 and r[i] in _BRACKETS:
+        if dotted:
+            return True
+        if r[i] in _OPENERS:
+            return i > 0 and _name_char(r[i - 1])
+        j = r.rfind(_CLOSERS[r[i]], max(0, i - _GLUE_WINDOW), i)
+        return j > 0 and _name_char(r[j - 1])
+    if end < len(r) and r[end] in _OPENERS:
+        k = r.find({"[": "]", "(": ")", "{": "}"}[r[end]], end + 1, end + 1 + _GLUE_WINDOW)
+        after = k + 1 if k != -1 else end + 1
+        return after < len(r) and _name_char(r[after])
+    return False
 
 
 def split_url(url: str) -> tuple[str, str, str, str, str] | None:
