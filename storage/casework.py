@@ -125,6 +125,15 @@ def links_view(session: Session, case: Case) -> dict[str, Any]:
     return {"related": related, "merged_into": merged_into}
 
 
+def _retire_into(case: Case, holder: Case, now: datetime) -> None:
+    """`case` gave its messages to `holder`: it stays, empty, as `merged` (its ID is never reused), and
+    preservation travels with the evidence (issue 19): a hold or CSAM mark is never lost by a move."""
+    case.status, case.merged_into_pk, case.updated_at = "merged", holder.id, now
+    holder.updated_at = now
+    holder.hold = holder.hold or case.hold
+    holder.csam = holder.csam or case.csam
+
+
 def _iso(value: datetime | None) -> str | None:
     if value is None:
         return None
@@ -196,12 +205,7 @@ class CaseWork:
                     prior_status=source.status if source.status != "merged" else "open",
                 )
             )
-            now = _now()
-            source.status, source.merged_into_pk, source.updated_at = "merged", target.id, now
-            target.updated_at = now
-            # Preservation travels with the evidence (issue 19): a hold or CSAM mark is never lost by a merge.
-            target.hold = target.hold or source.hold
-            target.csam = target.csam or source.csam
+            _retire_into(source, target, _now())
             self._events(
                 session,
                 actor,
@@ -344,10 +348,7 @@ class CaseWork:
             session.execute(update(OutboxRow).where(OutboxRow.case_pk == new.id).values(case_pk=source.id))
             now = _now()
             move.undone_at, move.undone_by = now, actor
-            new.status, new.merged_into_pk, new.updated_at = "merged", source.id, now
-            source.updated_at = now
-            source.hold = source.hold or new.hold
-            source.csam = source.csam or new.csam
+            _retire_into(new, source, now)
             self._events(
                 session,
                 actor,
