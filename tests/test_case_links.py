@@ -4,9 +4,6 @@ merge and split, each audited, reversible, with the raw evidence untouched and c
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -43,15 +40,15 @@ def config_file(tmp_path: Path, gateway: RunningGateway) -> Path:
     return path
 
 
-def _cli(config: Path, *args: str) -> tuple[int, str, str]:
-    proc = subprocess.run(
-        [sys.executable, "-m", "gateway", "--config", str(config), *args],
-        capture_output=True,
-        env={**os.environ},
-        cwd=ROOT,
-        timeout=120,
-    )
-    return proc.returncode, proc.stdout.decode(), proc.stderr.decode()
+def _cli(config: Path, *args: str, input: bytes | None = None) -> tuple[int, str, str]:
+    """The real CLI entry point, in-process (click's runner keeps stdout and stderr apart): a subprocess
+    per call cost the suite a Python start-up each time, and these tests are about what the CLI says."""
+    from click.testing import CliRunner
+
+    from gateway.cli import main
+
+    result = CliRunner().invoke(main, ["--config", str(config), *args], input=input)
+    return result.exit_code, result.stdout_bytes.decode("utf-8", "replace"), result.stderr
 
 
 def _show(config: Path, case_id: str) -> dict:

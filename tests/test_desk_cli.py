@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import subprocess
-import sys
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,15 +22,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _cli(config: Path, *args: str, input: bytes | None = None) -> tuple[int, str, str]:
-    proc = subprocess.run(
-        [sys.executable, "-m", "gateway", "--config", str(config), *args],
-        input=input,
-        capture_output=True,
-        env={**os.environ},
-        cwd=ROOT,
-        timeout=120,
-    )
-    return proc.returncode, proc.stdout.decode(), proc.stderr.decode()
+    """The real CLI entry point, in-process (click's runner keeps stdout and stderr apart): a subprocess
+    per call cost the suite a Python start-up each time, and these tests are about what the CLI says."""
+    from click.testing import CliRunner
+
+    from gateway.cli import main
+
+    result = CliRunner().invoke(main, ["--config", str(config), *args], input=input)
+    return result.exit_code, result.stdout_bytes.decode("utf-8", "replace"), result.stderr
 
 
 def _ingest(config: Path, name: str = "report_phishing.eml", sender: str = "reporter@example.net") -> str:
