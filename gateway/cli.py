@@ -74,7 +74,7 @@ def _store(ctx: click.Context, *, create: bool = False) -> Any:
     obj = ctx.ensure_object(dict)
     if "store" in obj:
         return obj["store"]
-    from gateway.service import StoreNotReady, build_store, check_store
+    from gateway.assembly import StoreNotReady, build_store, check_store
     from storage.engine import store_location, store_missing
 
     config = _config(ctx)
@@ -147,7 +147,8 @@ def serve(ctx: click.Context, config_path: str | None, workers: int | None) -> N
     config = _config(ctx)
     if workers is not None:
         config = config.model_copy(update={"smtp": config.smtp.model_copy(update={"workers": workers})})
-    from gateway.service import StoreNotReady, run_service
+    from gateway.assembly import StoreNotReady
+    from gateway.service import run_service
 
     for problem in file_problems(config):
         click.echo(f"abuse-gateway: configuration error: {problem}", err=True)
@@ -226,12 +227,11 @@ def ingest(
     """
     _remember_config(ctx, config_path)
     config = _config(ctx)
-    from gateway.intake import IntakeWorker
-    from gateway.service import build_store, build_threader, check_store
+    from gateway.assembly import build_intake_worker, build_spool, build_store, check_store
     from storage.errors import TransientError
-    from storage.inbox import Envelope, Spool, spool_now, store_now
+    from storage.inbox import Envelope, spool_now, store_now
 
-    spool = Spool(config.store.spool_dir)
+    spool = build_spool(config)
     rcpts = recipients or (config.intake.addresses[:1] or ("abuse@localhost",))
     from parsers.message import return_path
 
@@ -263,7 +263,7 @@ def ingest(
         store = build_store(config)
         check_store(store.engine)
         if not backlog:
-            worker = IntakeWorker(config, store, build_threader(config))
+            worker = build_intake_worker(config, store)
     except Exception as exc:  # missing, unreachable or not upgraded: keep every message in the spool instead
         log.warning("store unavailable: error=%s; spooling", type(exc).__name__)
         store = None
@@ -624,7 +624,7 @@ def cases_release(ctx: click.Context, case_id: str) -> None:
 
 
 def _casework(ctx: click.Context) -> Any:
-    from gateway.service import build_casework
+    from gateway.assembly import build_casework
 
     return build_casework(_config(ctx))
 
@@ -643,7 +643,7 @@ def _case_move(ctx: click.Context, action: Callable[[Any], Any]) -> Any:
 def _reindex(ctx: click.Context, case_id: str) -> None:
     """Index the indicators of a case that received messages by a split: they are derived from the
     messages, so they are derived again (the raw bytes are read, never changed)."""
-    from gateway.intake import prepare
+    from gateway.prepare import prepare
 
     store = _store(ctx)
     for message_pk, entry in store.messages_for_reprocess(failed_only=False, case_id=case_id):
@@ -800,7 +800,7 @@ def reprocess(ctx: click.Context, mode: str | None, case_id: str | None) -> None
     if not mode and not case_id:
         click.echo("abuse-gateway: name --failed, --all or a CASE", err=True)
         ctx.exit(EX_USAGE)
-    from gateway.intake import prepare
+    from gateway.prepare import prepare
 
     store = _store(ctx)
     targets = store.messages_for_reprocess(failed_only=mode == "failed", case_id=case_id)

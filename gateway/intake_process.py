@@ -28,7 +28,8 @@ from datetime import datetime
 from typing import Any
 
 from gateway import children
-from gateway.config import Config
+from gateway.assembly import build_engine, build_intake_worker, build_store, release_dead_claims
+from gateway.config import Config, load_config
 from storage.store import Committed
 
 log = logging.getLogger("abuse_gateway.intake_process")
@@ -55,12 +56,8 @@ def _child(
     if niceness:
         with contextlib.suppress(OSError):
             os.nice(niceness)
-    from gateway.intake import IntakeWorker
-    from gateway.service import build_store, build_threader, release_dead_claims
-    from storage.engine import make_engine
-
     # Everything this process writes can be derived again from the inbox: see storage/engine.py.
-    store = build_store(config, make_engine(config.store.url, durable=False))
+    store = build_store(config, build_engine(config, durable=False))
     release_dead_claims(store)
     log.info("intake worker ready: pid=%d", os.getpid())
 
@@ -83,7 +80,7 @@ def _child(
             ]
         )
 
-    worker = IntakeWorker(config, store, build_threader(config), on_committed=report, isolated=True)
+    worker = build_intake_worker(config, store, on_committed=report, isolated=True)
     reload_requested = threading.Event()
     signal.signal(signal.SIGHUP, lambda *_: reload_requested.set())
     while True:
@@ -120,10 +117,6 @@ def _inbox_empty(store: Any) -> bool:
 
 
 def _reloaded(config: Config, store: Any, worker: Any, report: Any) -> Any:
-    from gateway.config import load_config
-    from gateway.intake import IntakeWorker
-    from gateway.service import build_threader
-
     try:
         fresh = load_config(config.source)
     except Exception as exc:
@@ -131,7 +124,7 @@ def _reloaded(config: Config, store: Any, worker: Any, report: Any) -> Any:
         return worker
     log.info("intake process reloaded its configuration")
     worker.close()
-    return IntakeWorker(fresh, store, build_threader(fresh), on_committed=report, isolated=True)
+    return build_intake_worker(fresh, store, on_committed=report, isolated=True)
 
 
 class IntakeProcess:

@@ -32,7 +32,9 @@ import time
 from typing import Any
 
 from gateway import children
+from gateway.assembly import build_engine, build_handler, build_inbox, build_spool
 from gateway.config import Config
+from gateway.smtp import reread, start_listeners
 
 log = logging.getLogger("abuse_gateway.listeners")
 
@@ -88,15 +90,10 @@ def _child(
 async def _serve(
     config: Config, sockets: list[socket.socket], wake: Any, ready: Any, parent_pid: int
 ) -> None:
-    from gateway.service import build_inbox
-    from gateway.smtp import GatewayHandler, start_listeners, tls_context
-    from storage.engine import make_engine
-    from storage.inbox import Spool
-
-    engine = make_engine(config.store.url)
-    inbox = build_inbox(config, engine, Spool(config.store.spool_dir), on_stored=lambda _ids: _set(wake))
+    engine = build_engine(config)
+    inbox = build_inbox(config, engine, build_spool(config), on_stored=lambda _ids: _set(wake))
     inbox.start()
-    handler = GatewayHandler(config, inbox, tls=tls_context(config))
+    handler = build_handler(config, inbox)
     servers, limits = await start_listeners(config, handler, sockets, processes=config.smtp.workers)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -124,8 +121,6 @@ def _set(event: Any) -> None:
 def _reload(handler: Any) -> None:
     """SIGHUP, forwarded by the parent: what a listener applies without a restart (addresses, limits,
     the TLS certificate). What needs a restart is logged by the parent."""
-    from gateway.smtp import reread
-
     fresh = reread(handler.config)
     if fresh is not None:
         handler.config, handler.tls = fresh

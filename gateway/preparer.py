@@ -34,7 +34,7 @@ class PreparerDied(Exception):
 
 def _child(conn: Any, memory: int, max_text: int, level: str, parent_pid: int) -> None:
     children.begin(parent_pid, level)
-    from gateway.intake import prepare
+    from gateway.prepare import prepare
 
     if memory:
         # Soft and hard: the child cannot raise it back. Set after the imports, which are not the bomb.

@@ -12,85 +12,34 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-
-from sqlalchemy import Engine
+from datetime import UTC, datetime
 
 from gateway import listeners, metrics, sdnotify
+from gateway.assembly import (
+    build_confirm_worker,
+    build_engine,
+    build_handler,
+    build_inbox,
+    build_intake_worker,
+    build_spool,
+    build_store,
+    build_threader,
+    check_store,
+    release_dead_claims,
+)
 from gateway.config import Config
-from gateway.confirm import ConfirmWorker
-from gateway.intake import IntakeWorker, ParseFn, default_parser
+from gateway.confirm import ConfirmWorker, confirm_policy
 from gateway.intake_process import IntakeProcess
 from gateway.listeners import ListenerProcesses
-from gateway.smtp import ConnectionLimits, GatewayHandler, reread, start_listeners, tls_context
-from gateway.threader import Threader
-from parsers.case_ref import new_case_id
-from storage import schema
-from storage.casework import CaseWork
-from storage.engine import make_engine
-from storage.inbox import Inbox, Spool
-from storage.store import CaseStore, Committed
+from gateway.prepare import ParseFn, default_parser
+from gateway.smtp import ConnectionLimits, reread, start_listeners
+from storage.store import Committed
 
 log = logging.getLogger("abuse_gateway.service")
-
-
-class StoreNotReady(Exception):
-    """The store is missing its schema or needs `db upgrade`; `serve` refuses to start on it."""
-
-
-def check_store(engine: Engine) -> None:
-    if schema.needs_upgrade(engine):
-        current = schema.current_revision(engine)
-        raise StoreNotReady(
-            f"the store is at schema {current or 'none'}, this release needs {schema.head_revision()}: "
-            "run `abuse-gateway db upgrade` first"
-        )
-
-
-def build_store(config: Config, engine: Engine | None = None) -> CaseStore:
-    engine = engine or make_engine(config.store.url)
-    prefix = config.intake.case_prefix
-    return CaseStore(
-        engine,
-        new_case_id=lambda: new_case_id(prefix),
-        related_window=timedelta(days=config.intake.related_days),
-    )
-
-
-def build_casework(config: Config) -> CaseWork:
-    prefix = config.intake.case_prefix
-    return CaseWork(make_engine(config.store.url), new_case_id=lambda: new_case_id(prefix))
-
-
-def build_threader(config: Config) -> Threader:
-    from gateway.confirm import confirm_policy, load_token_keys
-
-    keys = load_token_keys(config)
-    return Threader(
-        config.intake.case_prefix,
-        token_keys=keys,
-        confirm_policy=confirm_policy(config) if config.confirm.enabled else None,
-        group_window_seconds=config.intake.machine_report_group_window,
-    )
-
-
-def build_inbox(
-    config: Config, engine: Engine, spool: Spool, on_stored: Callable[[Iterable[int]], None]
-) -> Inbox:
-    """The durable front of every listener process: group commit to the store, the spool when it fails."""
-    return Inbox(
-        engine,
-        spool,
-        commit_budget=config.store.commit_budget,
-        group_window=config.store.group_commit_ms / 1000,
-        on_stored=on_stored,
-        on_error=lambda operation: metrics.STORE_ERRORS.labels(operation).inc(),
-    )
 
 
 @dataclass
@@ -103,9 +52,9 @@ class Service:
     on_ready: Callable[[Service], None] | None = None
 
     def __post_init__(self) -> None:
-        self.engine = make_engine(self.config.store.url)
+        self.engine = build_engine(self.config)
         self.store = build_store(self.config, self.engine)
-        self.spool = Spool(self.config.store.spool_dir)
+        self.spool = build_spool(self.config)
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.listeners: ListenerProcesses | None = None
@@ -126,11 +75,11 @@ class Service:
             self.intake_process = IntakeProcess(
                 self.config, lambda done: self._committed(loop, done), self.config.log.level
             )
-        self.worker = IntakeWorker(
+        self.worker = build_intake_worker(
             self.config,
             self.store,
             self.threader,
-            self.parse or default_parser(),
+            parse=self.parse or default_parser(),
             # Commits happen in the worker thread; wake the confirmation sender in the loop, thread-safely.
             on_committed=lambda done: self._committed(loop, done),
             on_failure=metrics.PROCESSING_FAILED.inc,
@@ -139,7 +88,7 @@ class Service:
             self.config, self.engine, self.spool, on_stored=lambda _ids: self._wake_intake()
         )
         self.inbox.start()
-        self.handler = GatewayHandler(self.config, self.inbox, tls=tls_context(self.config))
+        self.handler = build_handler(self.config, self.inbox)
         workers = self.config.smtp.workers
         activated = sdnotify.listen_fds()
         sockets = activated or (listeners.bind(self.config.smtp.listen) if workers > 1 else None)
@@ -159,7 +108,7 @@ class Service:
             asyncio.get_running_loop().create_task(self._replay_spool(), name="spool-replayer")
         )
         if self.config.confirm.enabled:
-            self.confirmer = ConfirmWorker(self.config, self.store)
+            self.confirmer = build_confirm_worker(self.config, self.store)
             self._tasks.append(
                 asyncio.get_running_loop().create_task(
                     supervise_task("confirm", self.confirmer.run), name="confirm"
@@ -240,8 +189,6 @@ class Service:
             self.listeners.reload()
         self.threader.prefix = new.intake.case_prefix
         if new.confirm.enabled:
-            from gateway.confirm import confirm_policy
-
             self.threader.confirm_policy = confirm_policy(new)
         if self.confirmer is not None:
             self.confirmer.config = new
@@ -383,23 +330,6 @@ async def supervise_task(
         metrics.TASK_RESTARTS.labels(name).inc()
         await asyncio.sleep(delay)
         delay = backoff if time.monotonic() - started > max_backoff else min(delay * 2, max_backoff)
-
-
-def release_dead_claims(store: CaseStore) -> int:
-    released = store.release_dead_claims(_pid_alive)
-    if released:
-        log.warning("released claims of dead processes on this host: rows=%d", released)
-    return released
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, someone else's
-        return True
-    return True
 
 
 def run_service(config: Config) -> None:

@@ -24,7 +24,7 @@ from aiosmtpd.smtp import SMTP as AioSMTP
 from sqlalchemy import text
 
 from gateway.config import Config, load_config
-from gateway.intake import ParseFn
+from gateway.prepare import ParseFn
 from gateway.service import Service
 from storage import schema
 from storage.engine import make_engine

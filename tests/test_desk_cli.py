@@ -13,8 +13,8 @@ import pytest
 from sqlalchemy import update
 from sqlmodel import Session
 
+from gateway.assembly import build_store
 from gateway.config import load_config
-from gateway.service import build_store
 from storage.models import Case
 from tests.conftest import load_eml, run_cli
 

@@ -237,8 +237,8 @@ def test_two_gateways_on_postgresql_send_exactly_the_cap(tmp_path, smtp_sink: Si
     from concurrent.futures import ThreadPoolExecutor
     from pathlib import Path
 
+    from gateway.assembly import build_store
     from gateway.config import load_config
-    from gateway.service import build_store
     from storage import schema
     from tests.conftest import PG_URL, free_port, reset_postgres, wait_for_port
 

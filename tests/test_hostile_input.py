@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from sqlalchemy import text
 
 from gateway.data import STREAM_LIMIT
-from gateway.intake import prepare
+from gateway.prepare import prepare
 from parsers.case_ref import find_case_ids, find_case_ids_in_body
 from parsers.escape import escape_text
 from storage.store import ClaimedEntry

@@ -15,8 +15,8 @@ import pytest
 from sqlalchemy import func, select
 from sqlmodel import Session
 
+from gateway.assembly import build_store
 from gateway.config import load_config
-from gateway.service import build_store
 from storage import schema
 from storage.models import InboxEntry
 from tests.conftest import PG_URL, Sink, free_port, reset_postgres

@@ -10,7 +10,7 @@ from pathlib import Path
 from sqlalchemy import func, select, update
 from sqlmodel import Session
 
-from gateway.service import build_store
+from gateway.assembly import build_store
 from storage.models import Case, InboxEntry
 from tests.conftest import load_eml
 from tests.conftest import run_cli as run
