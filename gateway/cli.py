@@ -2,6 +2,9 @@
 
 Exit codes: 0 done, 1 not found, 2 bad usage or configuration, 75 (EX_TEMPFAIL) store and spool unavailable
 — what an MTA pipe transport expects, so the MTA keeps the message and retries.
+
+Commands take their store, casework, spool and intake worker from the composition root
+(gateway/assembly.py), so `ingest` and `reprocess` wire them as `serve` does; they never build one here.
 """
 
 from __future__ import annotations

@@ -10,6 +10,9 @@ the parent's metrics and confirmation worker see what happened. Each child prepa
 its own (gateway/preparer.py), killed and replaced when one message overruns its time or memory. A child
 that dies is started again; the inbox lease design means nothing it had claimed is lost, and on restart
 its claims are released (its pid is gone).
+
+A child builds its store and worker from the composition root (gateway/assembly.py), as the parent does;
+it never imports gateway/service.py, which imports this module.
 """
 
 from __future__ import annotations

@@ -18,6 +18,10 @@ What changes with N > 1:
   themselves: one queue, each process takes what it is ready for.
 A listener process that dies is started again on a fresh socket (connections queued on the old one are
 reset, and their senders retry); when the gateway stops, each finishes its sessions and flushes its inbox.
+
+Each child builds its engine, spool, inbox and SMTP handler from the composition root
+(gateway/assembly.py), exactly as the parent does; it never imports gateway/service.py, which imports
+this module.
 """
 
 from __future__ import annotations

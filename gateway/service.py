@@ -5,6 +5,9 @@ listener processes beside this one (gateway/listeners.py).
 
 Start-up order is what makes READY=1 true: the store is reachable and at the current schema, the
 listeners are bound, then the workers start and systemd is told (sd_notify, `Type=notify`).
+
+This module runs parts, it does not build them: every store, inbox, handler and worker comes from the
+composition root (gateway/assembly.py), as it does in the child processes, which never import this module.
 """
 
 from __future__ import annotations
