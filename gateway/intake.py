@@ -33,7 +33,8 @@ from parsers.message import ParseLimits, parse_message
 from parsers.reports import is_csam, parse_machine_report
 from parsers.types import Indicator, MachineReport, ParsedMessage
 from storage.errors import is_outage
-from storage.store import CaseStore, ClaimedEntry, Committed, PreparedMessage
+from storage.records import ClaimedEntry, Committed, PreparedMessage
+from storage.store import CaseStore
 
 log = logging.getLogger("abuse_gateway.intake")
 

@@ -29,7 +29,7 @@ from typing import Any
 
 from gateway import children
 from gateway.config import Config
-from storage.store import Committed
+from storage.records import Committed
 
 log = logging.getLogger("abuse_gateway.intake_process")
 

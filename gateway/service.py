@@ -34,7 +34,8 @@ from storage import schema
 from storage.casework import CaseWork
 from storage.engine import make_engine
 from storage.inbox import Inbox, Spool
-from storage.store import CaseStore, Committed
+from storage.records import Committed
+from storage.store import CaseStore
 
 log = logging.getLogger("abuse_gateway.service")
 
@@ -159,7 +160,7 @@ class Service:
             asyncio.get_running_loop().create_task(self._replay_spool(), name="spool-replayer")
         )
         if self.config.confirm.enabled:
-            self.confirmer = ConfirmWorker(self.config, self.store)
+            self.confirmer = ConfirmWorker(self.config, self.store.outbox)
             self._tasks.append(
                 asyncio.get_running_loop().create_task(
                     supervise_task("confirm", self.confirmer.run), name="confirm"
