@@ -11,7 +11,7 @@ from sqlalchemy import Engine, func
 from sqlalchemy.orm import defer
 from sqlmodel import Session, select
 
-from storage.casework import links_view
+from storage.links import links_view
 from storage.models import AttachmentRow, Case, CaseEvent, InboxEntry, IndicatorRow, Message, OutboxRow
 from storage.outbox import _outbox_view
 from storage.search import CaseFilter, find_cases, summary

@@ -18,7 +18,7 @@ from sqlalchemy import Engine, func, insert, update
 from sqlmodel import Session, select
 
 from parsers.types import Attachment, Indicator
-from storage.casework import follow_merges, link_same_reporter
+from storage.links import follow_merges, link_same_reporter
 from storage.lookups import _SessionLookup
 from storage.models import AttachmentRow, Case, CaseEvent, InboxEntry, IndicatorRow, Message, OutboxRow
 from storage.records import Committed, PreparedMessage, Resolver, ThreadDecision

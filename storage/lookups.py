@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import and_, func, text
 from sqlmodel import Session, select
 
-from storage.casework import follow_merges
+from storage.links import follow_merges
 from storage.models import Case, Message, OutboxRow
 from storage.records import CaseInfo
 from storage.util import _scalar
