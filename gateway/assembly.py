@@ -35,7 +35,8 @@ from storage import schema
 from storage.casework import CaseWork
 from storage.engine import make_engine
 from storage.inbox import Inbox, Spool
-from storage.store import CaseStore, Committed
+from storage.records import Committed
+from storage.store import CaseStore
 
 log = logging.getLogger("abuse_gateway.assembly")
 
@@ -131,7 +132,7 @@ def build_intake_worker(
 
 
 def build_confirm_worker(config: Config, store: CaseStore) -> ConfirmWorker:
-    return ConfirmWorker(config, store)
+    return ConfirmWorker(config, store.outbox)
 
 
 def release_dead_claims(store: CaseStore) -> int:

@@ -43,7 +43,8 @@ from parsers.address import (
 )
 from parsers.auto import is_bulk_or_list
 from parsers.reply_token import make_reply_token
-from storage.store import CaseStore, ConfirmRequest, Lookup, OutboxJob, PreparedMessage
+from storage.outbox import Outbox
+from storage.records import ConfirmRequest, Lookup, OutboxJob, PreparedMessage
 
 log = logging.getLogger("abuse_gateway.confirm")
 
@@ -283,7 +284,7 @@ def backoff(attempts: int) -> timedelta:
 
 
 class ConfirmWorker:
-    def __init__(self, config: Config, store: CaseStore, poll_seconds: float = 1.0) -> None:
+    def __init__(self, config: Config, store: Outbox, poll_seconds: float = 1.0) -> None:
         self.config = config
         self.store = store
         self.poll_seconds = poll_seconds

@@ -29,7 +29,8 @@ from gateway.threader import Threader
 from parsers.message import parse_message
 from parsers.types import ParsedMessage
 from storage.errors import is_outage
-from storage.store import CaseStore, ClaimedEntry, Committed, PreparedMessage
+from storage.records import ClaimedEntry, Committed, PreparedMessage
+from storage.store import CaseStore
 
 log = logging.getLogger("abuse_gateway.intake")
 

@@ -33,7 +33,7 @@ from typing import Any
 from gateway import children
 from gateway.assembly import build_engine, build_intake_worker, build_store, release_dead_claims
 from gateway.config import Config, load_config
-from storage.store import Committed
+from storage.records import Committed
 
 log = logging.getLogger("abuse_gateway.intake_process")
 

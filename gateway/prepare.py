@@ -21,7 +21,7 @@ from parsers.indicators import extract_indicators, indicator_host
 from parsers.message import ParseLimits, parse_message
 from parsers.reports import is_csam, parse_machine_report
 from parsers.types import Indicator, MachineReport, ParsedMessage
-from storage.store import ClaimedEntry, PreparedMessage
+from storage.records import ClaimedEntry, PreparedMessage
 
 ParseFn = Callable[[bytes], ParsedMessage]
 _KIND = {"person": "report", "machine_report": "machine_report", "automatic": "automatic"}

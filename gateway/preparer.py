@@ -18,7 +18,7 @@ import resource
 from typing import Any
 
 from gateway import children
-from storage.store import ClaimedEntry, PreparedMessage
+from storage.records import ClaimedEntry, PreparedMessage
 
 log = logging.getLogger("abuse_gateway.preparer")
 _START_PATIENCE = 120.0

@@ -40,7 +40,7 @@ from gateway.intake_process import IntakeProcess
 from gateway.listeners import ListenerProcesses
 from gateway.prepare import ParseFn, default_parser
 from gateway.smtp import ConnectionLimits, reread, start_listeners
-from storage.store import Committed
+from storage.records import Committed
 
 log = logging.getLogger("abuse_gateway.service")
 

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 
 from parsers.case_ref import find_case_ids, find_case_ids_in_body
 from parsers.reply_token import token_from_address, verify_reply_token
-from storage.store import ConfirmRequest, Lookup, PreparedMessage, ThreadDecision
+from storage.records import ConfirmRequest, Lookup, PreparedMessage, ThreadDecision
 
 # Message-IDs asked of the store per header: the nearest ancestors are the last References (RFC 5322
 # §3.6.4), and a chain of 300,000 once hit SQLite's bound-variable limit (issue 15).

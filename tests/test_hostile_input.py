@@ -23,7 +23,7 @@ from gateway.data import STREAM_LIMIT
 from gateway.prepare import prepare
 from parsers.case_ref import find_case_ids, find_case_ids_in_body
 from parsers.escape import escape_text
-from storage.store import ClaimedEntry
+from storage.records import ClaimedEntry
 from tests.conftest import RunningGateway, load_eml
 
 # ---- a raw SMTP client: the bytes on the wire are exactly the test's ---------------------------------------

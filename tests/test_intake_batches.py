@@ -12,7 +12,8 @@ from parsers.types import Indicator
 from storage import schema
 from storage.engine import make_engine
 from storage.inbox import Envelope, Spool, store_now
-from storage.store import CaseStore, ClaimedEntry, PreparedMessage
+from storage.records import ClaimedEntry, PreparedMessage
+from storage.store import CaseStore
 
 
 def _item(n: int, indicators: int = 0, size: int = 2_000) -> PreparedMessage:
