@@ -19,6 +19,7 @@ from parsers.escape import escape_text
 from parsers.forward import ForwardedMessage, forwarded_messages
 from parsers.indicators import extract_indicators, indicator_host
 from parsers.message import ParseLimits, parse_message
+from parsers.mime import parse_tree
 from parsers.reports import is_csam, parse_machine_report
 from parsers.types import Indicator, MachineReport, ParsedMessage
 from storage.records import ClaimedEntry, PreparedMessage
@@ -143,13 +144,18 @@ def _bounded(parsed: ParsedMessage, max_text: int) -> ParsedMessage:
 def prepare(
     entry: ClaimedEntry, parse: ParseFn = parse_message, max_text: int = DEFAULT_MAX_TEXT
 ) -> PreparedMessage:
-    """The pure stages for one entry. May raise only if `parse` (a test hook, a future parser) does."""
-    parsed = _bounded(parse(entry.raw), max_text)
-    report = parse_machine_report(entry.raw)
+    """The pure stages for one entry. May raise only if `parse` (a test hook, a future parser) does.
+
+    The raw bytes are MIME-parsed once (issue 18): every parser below reads that tree. A `parse` hook other
+    than the stock parser is given the bytes, as its signature says.
+    """
+    tree = parse_tree(entry.raw)
+    parsed = _bounded(parse_message(tree) if parse is parse_message else parse(entry.raw), max_text)
+    report = parse_machine_report(tree)
     classification = classify(parsed, entry.mail_from, report)
     # A JMRP complaint is the complained-about message itself: it is the evidence, as a person's forward is.
     takes_forwards = report is None or report.format == "jmrp"
-    forwards = forwarded_messages(entry.raw, parsed.text) if takes_forwards and _may_forward(parsed) else ()
+    forwards = forwarded_messages(tree, parsed.text) if takes_forwards and _may_forward(parsed) else ()
     flags = []
     if any(name.lower().startswith(_OUR_HEADER_PREFIX) for name, _ in parsed.headers):
         flags.append("untrusted_gateway_headers")
@@ -169,8 +175,8 @@ def prepare(
         defects=parsed.defects,
         flags=tuple(flags),
         group_key=_group_key(report),
-        returned_message_ids=returned_message_ids(entry.raw) if classification.kind == "automatic" else (),
-        embedded_texts=embedded_texts(entry.raw) if _has_embedded_message(parsed) else (),
+        returned_message_ids=returned_message_ids(tree) if classification.kind == "automatic" else (),
+        embedded_texts=embedded_texts(tree) if _has_embedded_message(parsed) else (),
         evidence=tuple(_evidence(f) for f in forwards),
         csam=report is not None and is_csam(report),
     )

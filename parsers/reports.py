@@ -23,21 +23,19 @@ import ipaddress
 import json
 import quopri
 import re
-from collections.abc import Iterator
 from email import policy
 from email.generator import BytesGenerator
 from email.header import decode_header, make_header
 from email.message import Message
-from email.parser import BytesParser
 from io import BytesIO
 
+from parsers.mime import MimeTree, as_tree, raw_header
 from parsers.types import MachineReport
 
 # RFC 5965 §3.2: the only fields that may appear more than once (RFC 6591 §3.1 adds none).
 _ARF_REPEATABLE = frozenset({"reported-uri", "reported-domain", "authentication-results", "original-rcpt-to"})
 # RFC 5965 §2 item (c) / RFC 6522 §3: the original as a whole message or as headers only.
 _ORIGINAL_TYPES = frozenset({"message/rfc822", "text/rfc822-headers", "message/rfc822-headers"})
-_MAX_PARTS = 1000  # a bound on MIME walking, so a hostile message cannot make us walk forever
 _MAX_JSON = 10 * 1024 * 1024
 
 # RFC 5322 §2.2: field-name is printable US-ASCII except ":".
@@ -48,17 +46,21 @@ _TOKEN = re.compile(r"[A-Za-z0-9_.+-]+")
 _CSAM_TYPES = frozenset({"csam", "childabuse", "child_abuse", "child-abuse", "child-abuse-material"})
 
 
-def parse_machine_report(raw: bytes) -> MachineReport | None:
-    """The report carried by a raw message, or None when it is not a machine report we can read.
+def parse_machine_report(source: bytes | MimeTree) -> MachineReport | None:
+    """The report carried by a message (its tree, or raw bytes), or None when it is not a machine report we
+    can read.
 
     Order matters only for pathological mail that claims several formats; ARF is checked first because it is
-    by far the most common and its MIME structure is the least ambiguous.
+    by far the most common and its MIME structure is the least ambiguous. The tree's leaves are walked
+    within its `ParseLimits`; they never include what is inside a message/* part (a report forwarded by a
+    person arrives inside message/rfc822, RFC 2046 §5.2.1, and is the person's evidence, not a report).
     """
-    if not _may_carry_report(raw):
+    if not isinstance(source, MimeTree) and not _may_carry_report(source):
         return None
     try:
-        msg = BytesParser(policy=policy.compat32).parsebytes(raw)
-        leaves = list(_leaves(msg))
+        tree = as_tree(source)
+        msg = tree.root
+        leaves = list(tree.leaves)
         return (
             _parse_arf(msg, leaves)
             or _parse_x_arf(msg, leaves)
@@ -86,7 +88,7 @@ _REPORT_MARKS = (
 
 def _may_carry_report(raw: bytes) -> bool:
     """A conservative pre-check: False only for mail that none of the three formats can be in. Most
-    people's plain-text mail is cleared here without a second MIME parse (a tenth of preparing one)."""
+    people's plain-text mail is cleared here without a MIME parse, when only the bytes are at hand."""
     lowered = raw.lower()
     return any(mark in lowered for mark in _REPORT_MARKS)
 
@@ -126,24 +128,6 @@ def is_csam(report: MachineReport) -> bool:
 # --- MIME helpers -----------------------------------------------------------------------------------------
 
 
-def _leaves(msg: Message) -> Iterator[Message]:
-    """Leaf parts in order, descending into multipart/* but never into message/*.
-
-    A report forwarded by a person arrives inside message/rfc822 (RFC 2046 §5.2.1); descending into it would
-    turn the person's mail into a machine report.
-    """
-    stack: list[Message] = [msg]
-    seen = 0
-    while stack and seen < _MAX_PARTS:
-        part = stack.pop()
-        seen += 1
-        payload = part.get_payload()
-        if part.get_content_maintype() == "multipart" and isinstance(payload, list):
-            stack.extend(reversed([p for p in payload if isinstance(p, Message)]))
-        else:
-            yield part
-
-
 def _part_bytes(part: Message) -> bytes:
     """The decoded body of a leaf, whether the parser kept it as text or as a sub-message.
 
@@ -160,9 +144,10 @@ def _part_bytes(part: Message) -> bytes:
         buf = BytesIO()
         for sub in payload:
             if isinstance(sub, Message):
-                BytesGenerator(buf, mangle_from_=False, maxheaderlen=0).flatten(sub)
+                # compat32 writes each header as it arrived and never calls the (slow) header registry.
+                BytesGenerator(buf, mangle_from_=False, maxheaderlen=0, policy=policy.compat32).flatten(sub)
         data = buf.getvalue()
-        cte = str(part.get("Content-Transfer-Encoding", "")).strip().lower()
+        cte = (raw_header(part, "Content-Transfer-Encoding") or "").strip().lower()
         if cte == "base64":
             return base64.b64decode(data, validate=False)
         if cte == "quoted-printable":
@@ -400,7 +385,7 @@ def _parse_x_arf(msg: Message, leaves: list[Message]) -> MachineReport | None:
     """X-ARF announces itself with `X-ARF: YES` (x-arf.org 0.2, "Mail header"); without it we do not guess,
     since flat `Key: value` text is common in mail people write.
     """
-    if str(msg.get("X-ARF", "")).strip().lower() != "yes":
+    if (raw_header(msg, "X-ARF") or "").strip().lower() != "yes":
         return None
     fields = _x_arf_yaml(leaves)
     if fields is None:
@@ -492,14 +477,28 @@ def _v3_report(obj: dict[str, object]) -> MachineReport:
 
 def _json_candidate(part: Message) -> bool:
     """JSON parts by type or name, and plain-text bodies that are nothing but a JSON object."""
-    if part.get_content_type() in ("application/json", "text/json") or _filename(part).endswith(".json"):
+    ctype = part.get_content_type()
+    if ctype in ("application/json", "text/json", "text/plain"):
         return True
-    return part.get_content_type() == "text/plain"
+    return _filename(part).endswith(".json")
+
+
+# An unencoded body that is a JSON object starts with "{", after white space and perhaps a UTF-8 BOM (which
+# the parser carries as surrogates). Checked on the parsed text, so a 2 KB report is not decoded to be read.
+_JSON_START = re.compile(r"\s*(?:\udcef\udcbb\udcbf|\ufeff)?\s*\{")
+
+
+def _cannot_be_json(part: Message) -> bool:
+    payload = part.get_payload()
+    if not isinstance(payload, str):
+        return False
+    cte = (raw_header(part, "Content-Transfer-Encoding") or "").strip().lower()
+    return cte in ("", "7bit", "8bit", "binary") and _JSON_START.match(payload) is None  # others: decode
 
 
 def _parse_xarf_json(leaves: list[Message]) -> MachineReport | None:
     for part in leaves:
-        if not _json_candidate(part):
+        if not _json_candidate(part) or _cannot_be_json(part):
             continue
         data = _part_bytes(part).lstrip().removeprefix(b"\xef\xbb\xbf").lstrip()  # a UTF-8 BOM is common
         if len(data) > _MAX_JSON or not data.startswith(b"{"):
@@ -531,12 +530,13 @@ def _parse_jmrp(leaves: list[Message]) -> MachineReport | None:
             continue
         payload = part.get_payload()
         inner = payload[0] if isinstance(payload, list) and payload else None
-        if not isinstance(inner, Message) or inner.get("X-HmXmrOriginalRecipient") is None:
+        recipient = raw_header(inner, "X-HmXmrOriginalRecipient") if isinstance(inner, Message) else None
+        if recipient is None:
             continue
         headers = _original_headers(leaves, index - 1)
         fields: dict[str, object] = {
             "feedback-type": "abuse",
-            "original-rcpt-to": str(inner.get("X-HmXmrOriginalRecipient", "")).strip(),
+            "original-rcpt-to": recipient.strip(),
         }
         # The sending IP: the bracketed client address of the topmost Received, which Hotmail wrote.
         received = next((v for n, v in headers if n.lower() == "received"), "")
