@@ -17,7 +17,7 @@ ALLOWED_SQL_IMPORTS: dict[str, set[str]] = {
     # [store] url is validated, and its password masked, with SQLAlchemy's own URL parser.
     "gateway/config.py": {"sqlalchemy.engine", "sqlalchemy.exc"},
     # `Engine` as a type hint only (the composition root hands one engine to the store's parts).
-    "gateway/service.py": {"sqlalchemy.Engine"},
+    "gateway/assembly.py": {"sqlalchemy.Engine"},
     # The benchmark's preload and probe read the SQLite file directly, beside the gateway under test.
     "bench/preload.py": {"sqlite3"},
     "bench/store_probe.py": {"sqlite3"},
