@@ -26,6 +26,7 @@ from typing import Any
 from sqlalchemy import Engine, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
+from storage.csam import carry_preservation
 from storage.models import AuditEvent, Case, CaseEvent, CaseLink, CaseMove, IndicatorRow, Message, OutboxRow
 
 # A case merged into a case that was then merged again: the chain is followed this far, no further, so a
@@ -132,6 +133,7 @@ def _retire_into(case: Case, holder: Case, now: datetime) -> None:
     holder.updated_at = now
     holder.hold = holder.hold or case.hold
     holder.csam = holder.csam or case.csam
+    carry_preservation(case, holder)  # issue 19: marks and preserve_until travel with the messages
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -290,6 +292,7 @@ class CaseWork:
             )
             session.add(new)
             session.flush()
+            carry_preservation(source, new)  # issue 19: the split-off case keeps the source's preservation
             assert new.id is not None and source.id is not None and message.id is not None
             moved = [{"message_pk": message.id, "from_index": message.index, "to_index": 1}]
             message.case_pk, message.index = new.id, 1

@@ -24,6 +24,7 @@ from sqlalchemy.orm import defer
 from sqlmodel import Session, select
 
 from parsers.types import Attachment, Indicator, ParsedMessage
+from storage import csam
 from storage.casework import follow_merges, link_same_reporter, links_view
 from storage.models import (
     AttachmentRow,
@@ -81,6 +82,8 @@ class PreparedMessage:
     embedded_texts: tuple[str, ...] = ()  # subject and opening text of attached messages
     evidence: tuple[dict[str, Any], ...] = ()  # forwarded messages, display form
     csam: bool = False  # a report of child sexual abuse material: the case is kept at least 365 days
+    # sources of a possible-CSAM signal: terms:<lang>, hash_match:<label>:<alg>:<distance>
+    csam_signals: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -421,6 +424,8 @@ class CaseStore:
     worker_id: str = field(default_factory=_worker_id)
     # A new report from a reporter with open cases opened this recently is linked to them (issue 16).
     related_window: timedelta = field(default=timedelta(days=14))
+    # How long a CSAM mark or signal placed at intake preserves its case ([csam] preserve_days, issue 19).
+    csam_preserve: timedelta = field(default=csam.DEFAULT_PRESERVE)
 
     # ---- intake: claim, commit, fail -------------------------------------------------------------------
 
@@ -671,6 +676,13 @@ class CaseStore:
         ).scalar_one()
         self._add_attachments(session, message_pk, parsed.attachments, item.escaped_filenames)
         batch.add_indicators(session, case_pk, item.indicators, new_case=opened)
+        # -- issue 19: CSAM marks and signals, with their preservation, in the intake transaction --
+        if item.csam or item.csam_signals:
+            signals, preserve = item.csam_signals, self.csam_preserve
+            csam.record_intake_marks(
+                session, case_pk, csam=item.csam, signals=signals, at=now, preserve=preserve
+            )
+        # -- end issue 19 --
         if decision.confirm is not None:
             suppressed = decision.confirm.suppressed_reason
             session.execute(
@@ -933,6 +945,7 @@ class CaseStore:
                 "events": [{"at": _iso(at), "kind": k, "detail": d} for at, k, d in events],
             }
         )
+        csam.decorate_case_view(session, case, view, [m.id or 0 for m in messages])  # issue 19
         return view
 
     def export_cases(self, since: datetime | None = None) -> Iterator[dict[str, Any]]:
@@ -1115,10 +1128,15 @@ class CaseStore:
         return True
 
     def purge(
-        self, older_than: timedelta, actor: str, csam_minimum: timedelta = timedelta(days=365)
+        self,
+        older_than: timedelta,
+        actor: str,
+        csam_minimum: timedelta = timedelta(days=365),
+        dry_run: bool = False,
     ) -> list[str]:
         """Delete closed cases not on hold and untouched for `older_than`, raw bytes included. A CSAM case
-        is kept at least `csam_minimum` from its creation whatever `older_than` says."""
+        is kept at least `csam_minimum` from its creation whatever `older_than` says, and no case under
+        preservation (`preserve_until`, issue 19) is removed at all. `dry_run`: name them, remove nothing."""
         now = _now()
         with Session(self.engine) as session, session.begin():
             doomed = list(
@@ -1128,6 +1146,7 @@ class CaseStore:
                         Case.hold.is_(False),
                         Case.updated_at < now - older_than,
                         or_(Case.csam.is_(False), Case.created_at < now - csam_minimum),
+                        ~csam.preserved_now(now),  # issue 19
                     )
                 )
             )
@@ -1141,10 +1160,18 @@ class CaseStore:
                 merged = [m for m in merged if m not in doomed]
                 doomed += merged
                 frontier = [m.id for m in merged]
+            # -- issue 19: a merge chain that reaches a preserved case keeps its root (and so the chain) --
+            kept_roots = csam.roots_kept(session, doomed, now)
+            if kept_roots:
+                doomed = [c for c in doomed if c.id not in kept_roots]
+            if dry_run or not doomed:
+                return [c.case_id for c in doomed]
+            # -- end issue 19 --
             case_pks = [c.id for c in doomed]
             message_pks = list(session.exec(select(Message.id).where(Message.case_pk.in_(case_pks))))
             inbox_ids = list(session.exec(select(Message.inbox_id).where(Message.case_pk.in_(case_pks))))
             sha256s = list(session.exec(select(Message.sha256).where(Message.case_pk.in_(case_pks))))
+            sha256s = csam.unshared_digests(session, sha256s, case_pks)  # issue 19: never a survivor's bytes
             from sqlalchemy import delete
 
             session.execute(delete(AttachmentRow).where(AttachmentRow.message_pk.in_(message_pks)))
@@ -1182,9 +1209,8 @@ class CaseStore:
     def list_audit(self, limit: int = 1000) -> list[dict[str, Any]]:
         with Session(self.engine) as session:
             rows = session.exec(select(AuditEvent).order_by(AuditEvent.id.desc()).limit(limit))
-            return [
-                {"at": _iso(r.at), "actor": r.actor, "action": r.action, "target": r.target} for r in rows
-            ]
+            # issue 19: with case, message, attachment, reason
+            return [csam.audit_row(r) for r in rows]
 
     def case_exists(self, case_id: str) -> bool:
         with Session(self.engine) as session:
