@@ -150,7 +150,7 @@ def mark(engine: Engine, case_id: str, actor: str, reason: str, preserve: timede
         return MarkResult(case.case_id, until)
 
 
-def clear(engine: Engine, case_id: str, actor: str, reason: str) -> MarkResult:
+def clear_marks(engine: Engine, case_id: str, actor: str, reason: str) -> MarkResult:
     """The desk clears every mark and signal on the case. A cleared signal no longer preserves the case; a
     cleared `csam` mark still does until its year is out (recorded, not shortened)."""
     now = _now()
@@ -470,3 +470,10 @@ def unshared_digests(session: Session, digests: Sequence[str], case_pks: Sequenc
         ).scalars()
     )
     return [d for d in digests if d not in shared]
+
+
+def forget_marks(session: Session, case_pks: Sequence[int | None]) -> None:
+    """A purge removes a case whose preservation is over: its marks go with it (the audit trail stays)."""
+    from sqlalchemy import delete
+
+    session.execute(delete(CsamMark).where(CsamMark.case_pk.in_(list(case_pks))))

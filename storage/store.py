@@ -1188,6 +1188,7 @@ class CaseStore:
             )
             session.execute(delete(IndicatorRow).where(IndicatorRow.case_pk.in_(case_pks)))
             session.execute(delete(CaseEvent).where(CaseEvent.case_pk.in_(case_pks)))
+            csam.forget_marks(session, case_pks)  # issue 19: only ever of cases whose preservation is over
             session.execute(
                 delete(CaseLink).where(or_(CaseLink.case_pk.in_(case_pks), CaseLink.other_pk.in_(case_pks)))
             )
