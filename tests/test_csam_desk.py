@@ -411,3 +411,51 @@ def test_marking_a_case_changes_nothing_the_reporter_is_sent(tmp_path: Path, sto
         audit = list(session.exec(sql_select(AuditEvent.action)))
     store.engine.dispose()
     assert "csam_mark" in audit
+
+
+# ---- the schema ------------------------------------------------------------------------------------------
+
+
+def test_upgrade_keeps_an_older_csam_case_preserved_a_year_from_its_creation(store_url: str) -> None:
+    from sqlalchemy import text
+
+    from storage import schema
+    from storage.engine import make_engine
+
+    engine = make_engine(store_url)
+    schema.upgrade(engine, "0010")
+    created = datetime.now(UTC) - timedelta(days=100)
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO cases (case_id, status, subject, escaped_subject, kind, hold, csam, "
+                "created_at, updated_at) "
+                "VALUES ('ABU-OLD0-CSAM', 'closed', '', '', 'machine_report', false, true, :at, :at)"
+            ),
+            {"at": created},
+        )
+    schema.upgrade(engine)
+    with Session(engine) as session:
+        case = session.exec(sql_select(Case).where(Case.case_id == "ABU-OLD0-CSAM")).one()
+        [mark] = session.exec(sql_select(CsamMark).where(CsamMark.case_pk == case.id)).all()
+    engine.dispose()
+    until = case.preserve_until
+    until = until if until.tzinfo else until.replace(tzinfo=UTC)
+    assert abs(until - (created + timedelta(days=365))) < timedelta(seconds=1)
+    assert (mark.kind, mark.source) == ("csam", "machine_report")
+
+
+def test_the_migrations_build_exactly_the_models(store_url: str) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+    from sqlmodel import SQLModel
+
+    from storage import schema
+    from storage.engine import make_engine
+
+    engine = make_engine(store_url)
+    schema.upgrade(engine)
+    with engine.connect() as conn:
+        differences = compare_metadata(MigrationContext.configure(conn), SQLModel.metadata)
+    engine.dispose()
+    assert [d for d in differences if "fts" not in str(d)] == []
