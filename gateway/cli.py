@@ -416,6 +416,9 @@ def cases_list(
     )
     found = find_cases(store.engine, wanted, limit=limit)
     rows = found.rows
+    for row in rows:  # a subject is content: of a CSAM or possible-CSAM case, only with a reason (issue 19)
+        if row.get("csam") or row.get("possible_csam"):
+            row["subject"], row["content_withheld"] = "[withheld: CSAM compartment]", True
     if found.cut_note():
         click.echo(str(found.cut_note()), err=True)
     if as_json:

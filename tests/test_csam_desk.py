@@ -122,6 +122,8 @@ def test_desk_marks_a_case_csam_with_who_and_why_and_lists_it_by_flag(cli_config
     ]
     assert listed == [marked]
     assert plain not in listed
+    listed_text = run_cli(cli_config, "cases", "list")
+    assert "[withheld: CSAM compartment]" in listed_text and listed_text.count("Phishing") == 1
     events = json.loads(run_cli(cli_config, "audit", "list", "--case", marked, "--json"))
     assert [(e["action"], e["actor"], e["reason"]) for e in events][-1] == (
         "csam_mark",
