@@ -188,6 +188,12 @@ def carry_preservation(case: Case, holder: Case) -> None:
         return
     session.flush()
     marks = [m for m in session.execute(select(CsamMark).where(CsamMark.case_pk == case.id)).scalars()]
+    # An undo (unsplit, a second merge) hands back marks the holder already has a copy of: not again.
+    have = {
+        (m.kind, m.source, _aware(m.at), _aware(m.preserve_until))
+        for m in session.execute(select(CsamMark).where(CsamMark.case_pk == holder.id)).scalars()
+    }
+    marks = [m for m in marks if (m.kind, m.source, _aware(m.at), _aware(m.preserve_until)) not in have]
     copies = [
         {
             "case_pk": holder.id,
@@ -459,16 +465,15 @@ def roots_kept(session: Session, doomed: Sequence[Case], now: datetime) -> set[i
 
 def unshared_digests(session: Session, digests: Sequence[str], case_pks: Sequence[int | None]) -> list[str]:
     """The digests no message outside `case_pks` has: the redelivered copies purge removes with a case must
-    never be the bytes of a case that stays."""
-    if not digests:
-        return []
-    shared = set(
-        session.execute(
-            select(Message.sha256).where(
-                Message.sha256.in_(list(digests)), Message.case_pk.not_in(list(case_pks))
-            )
-        ).scalars()
-    )
+    never be the bytes of a case that stays. Asked in chunks (SQLite binds at most 32,766 values)."""
+    leaving = set(case_pks)
+    wanted = list(dict.fromkeys(digests))
+    shared: set[str] = set()
+    for start in range(0, len(wanted), 500):
+        rows = session.execute(
+            select(Message.sha256, Message.case_pk).where(Message.sha256.in_(wanted[start : start + 500]))
+        ).all()
+        shared.update(digest for digest, case_pk in rows if case_pk not in leaving)
     return [d for d in digests if d not in shared]
 
 

@@ -283,6 +283,9 @@ def test_merge_and_split_carry_the_preservation_with_the_messages(cli_config: Pa
     split_view = _show(cli_config, new_case)
     assert split_view["possible_csam"] is True
     assert split_view["preserve_until"] == _show(cli_config, source)["preserve_until"]
+    marks_before = len(_show(cli_config, source)["csam_marks"])
+    run_cli(cli_config, "cases", "unsplit", new_case)
+    assert len(_show(cli_config, source)["csam_marks"]) == marks_before  # undo copies nothing twice
 
 
 # ---- who looked ------------------------------------------------------------------------------------------
