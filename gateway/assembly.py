@@ -67,6 +67,7 @@ def build_store(config: Config, engine: Engine | None = None) -> CaseStore:
         engine,
         new_case_id=lambda: new_case_id(prefix),
         related_window=timedelta(days=config.intake.related_days),
+        csam_preserve=timedelta(days=config.csam.preserve_days),
     )
 
 

@@ -419,6 +419,9 @@ def cases_list(
     )
     found = find_cases(store.engine, wanted, limit=limit)
     rows = found.rows
+    for row in rows:  # a subject is content: of a CSAM or possible-CSAM case, only with a reason (issue 19)
+        if row.get("csam") or row.get("possible_csam"):
+            row["subject"], row["content_withheld"] = "[withheld: CSAM compartment]", True
     if found.cut_note():
         click.echo(str(found.cut_note()), err=True)
     if as_json:
@@ -447,28 +450,105 @@ def _short_address(address: str | None) -> str:
     return _v(address) if address else "-"
 
 
+_REASON_HELP = "why you need to see it (required on a CSAM or possible-CSAM case; audited)"
+
+
+def _reason_text(ctx: click.Context, reason: str | None) -> str | None:
+    """A reason as given, or None; an empty or blank one is no reason at all (exit 2)."""
+    if reason is None:
+        return None
+    if not reason.strip():
+        _say("abuse-gateway: --reason needs words: who asked, what for", err=True)
+        ctx.exit(EX_USAGE)
+    return reason.strip()[:2000]
+
+
+def _compartment_gate(ctx: click.Context, case_id: str, reason: str | None, what: str) -> bool:
+    """True when the case is in the CSAM compartment (so the view is recorded as `viewed`). Refuses (exit 2)
+    a view of such a case without a reason; exit 1 for an unknown case (issue 19, point 5)."""
+    from storage.csam import in_compartment
+
+    marked = in_compartment(_store(ctx).engine, case_id)
+    if marked is None:
+        _say(f"abuse-gateway: no case {case_id}", err=True)
+        ctx.exit(EX_NOTFOUND)
+    if marked and reason is None:
+        _say(
+            f"abuse-gateway: {case_id} is marked CSAM or possible CSAM: {what} needs --reason TEXT "
+            "(recorded with your name); `cases show --metadata` needs none",
+            err=True,
+        )
+        ctx.exit(EX_USAGE)
+    return bool(marked)
+
+
+def _show_metadata(view: dict[str, Any], as_json: bool) -> None:
+    """Status, dates, counts, hashes and flags: nothing a sender wrote, so no reason is asked."""
+    from gateway.wording import csam_words
+    from storage.csam import HASH_KEYS, metadata_view
+
+    meta = metadata_view(view)
+    if as_json:
+        _print_json(meta)
+        return
+    _say(f"Case {_v(meta['case_id'])}  [{_v(meta['status'])}]  (metadata only: no content shown)")
+    _say(f"Opened {_v(meta['created_at'])}  updated {_v(meta['updated_at'])}")
+    for line in csam_words(view):
+        _say(_v(line))
+    _say(
+        f"Messages: {meta['message_count']}  attachments: {meta['attachment_count']}  "
+        f"indicators: {meta['indicator_count']}"
+    )
+    if meta["flags"]:
+        _say(f"Flags: {', '.join(_v(flag) for flag in meta['flags'])}")
+    for message in meta["messages"]:
+        _say(
+            f"#{message['index']} {_v(message['kind'])} received {_v(message['received_at'])} "
+            f"{message.get('size') or '-'} bytes sha256 {_v(message['sha256'])}"
+        )
+        for attachment in message["attachments"]:
+            hashes = " ".join(f"{k} {_v(attachment[k])}" for k in HASH_KEYS if attachment.get(k))
+            viewed = "viewed by a person" if attachment["viewed_by_person"] else "not viewed by a person"
+            _say(
+                f"  file {attachment['index']}: {_v(attachment['content_type'])} {attachment['size']} bytes "
+                f"{hashes} ({viewed})"
+            )
+
+
 @cases.command("show")
 @with_config
 @click.argument("case_id")
 @click.option("--json", "as_json", is_flag=True)
+@click.option("--metadata", is_flag=True, help="status, dates, counts, hashes and flags only (no content)")
+@click.option("--reason", default=None, metavar="TEXT", help=_REASON_HELP)
 @click.pass_context
-def cases_show(ctx: click.Context, case_id: str, as_json: bool) -> None:
+def cases_show(ctx: click.Context, case_id: str, as_json: bool, metadata: bool, reason: str | None) -> None:
     """One case with its messages (escaped text), attachments, indicators and flags."""
     case_id = _case_arg(ctx, case_id)
+    reason = _reason_text(ctx, reason)
     view = _store(ctx).show_case(case_id)
     if view is None:
         _say(f"abuse-gateway: no case {case_id}", err=True)
         ctx.exit(EX_NOTFOUND)
-    _store(ctx).audit(_unix_user(), "show", case_id)
+    if metadata:
+        _store(ctx).audit(_unix_user(), "metadata", case_id)
+        _show_metadata(view, as_json)
+        return
+    if _compartment_gate(ctx, case_id, reason, "cases show"):
+        from storage.csam import record_view
+
+        record_view(_store(ctx).engine, _unix_user(), case_id, "show", reason)
+    else:
+        _store(ctx).audit(_unix_user(), "show", case_id)
     if as_json:
         _print_json(view)
         return
-    from gateway.wording import rule_words, thread_words
+    from gateway.wording import csam_words, rule_words, thread_words
 
     _say(f"Case {_v(view['case_id'])}  [{_v(view['status'])}]  reporter: {_v(view['reporter']) or '-'}")
     _say(f"Opened {_v(view['created_at'])}  updated {_v(view['updated_at'])}")
-    preservation = "CSAM: yes (kept at least 365 days)" if view.get("csam") else "CSAM: no"
-    _say(f"{preservation}; legal hold: {'yes' if view.get('hold') else 'no'}")
+    for line in csam_words(view):
+        _say(_v(line))
     if view.get("merged_into"):
         _say(f"Merged into {_v(view['merged_into'])} (its messages are there now)")
     for link in view.get("related", []):
@@ -500,9 +580,11 @@ def cases_show(ctx: click.Context, case_id: str, as_json: bool) -> None:
         if message["defects"]:
             _say(f"Defects: {', '.join(_v(defect) for defect in message['defects'])}")
         for attachment in message["attachments"]:
+            viewed = "; viewed by a person" if attachment.get("viewed_by_person") else ""
             _say(
-                f"Attachment: {_v(attachment['filename']) or '(unnamed)'} {_v(attachment['content_type'])} "
-                f"{attachment['size']} bytes sha256 {_v(attachment['sha256'])}"
+                f"Attachment {attachment.get('index', '?')}: {_v(attachment['filename']) or '(unnamed)'} "
+                f"{_v(attachment['content_type'])} {attachment['size']} bytes "
+                f"sha256 {_v(attachment['sha256'])}{viewed}"
             )
         if message.get("report"):
             report = message["report"]
@@ -533,20 +615,29 @@ def cases_show(ctx: click.Context, case_id: str, as_json: bool) -> None:
 @click.argument("case_id")
 @click.argument("index", type=int)
 @click.option("--force", is_flag=True, help="write to a terminal anyway (the raw bytes may drive it)")
+@click.option("--reason", default=None, metavar="TEXT", help=_REASON_HELP)
 @click.pass_context
-def cases_raw(ctx: click.Context, case_id: str, index: int, force: bool) -> None:
+def cases_raw(ctx: click.Context, case_id: str, index: int, force: bool, reason: str | None) -> None:
     """Write message INDEX's original bytes to stdout (evidence export): redirect it to a file or a pipe."""
     case_id = _case_arg(ctx, case_id)
-    if sys.stdout.isatty() and not force:
+    reason = _reason_text(ctx, reason)
+    marked = _compartment_gate(ctx, case_id, reason, "cases raw")
+    if sys.stdout.isatty() and (not force or marked):
         # The original bytes are the sender's, escape sequences included: on a terminal they would repaint
-        # the screen, set titles or write the clipboard. Evidence goes to a file; --force for the brave.
+        # the screen, set titles or write the clipboard. Evidence goes to a file; --force for the brave,
+        # but never for a CSAM case (its attachments would be rendered by whatever reads the terminal).
         _say("abuse-gateway: cases raw writes the sender's bytes; redirect it or pass --force", err=True)
         ctx.exit(EX_USAGE)
     raw = _store(ctx).raw_message(case_id, index)
     if raw is None:
         _say(f"abuse-gateway: no message {index} in case {case_id}", err=True)
         ctx.exit(EX_NOTFOUND)
-    _store(ctx).audit(_unix_user(), "raw", f"{case_id.upper()} {index}")
+    if marked:
+        from storage.csam import record_view
+
+        record_view(_store(ctx).engine, _unix_user(), case_id, "raw", reason, message_index=index)
+    else:
+        _store(ctx).audit(_unix_user(), "raw", f"{case_id.upper()} {index}")
     out = sys.stdout.buffer
     out.write(raw)
     out.flush()
@@ -555,13 +646,36 @@ def cases_raw(ctx: click.Context, case_id: str, index: int, force: bool) -> None
 @cases.command("export")
 @with_config
 @click.option("--since", default=None, help=f"cases updated since: {_TIME_HELP}")
+@click.option(
+    "--include-csam",
+    is_flag=True,
+    help="include the content of CSAM and possible-CSAM cases (needs --reason; each case's view is recorded)",
+)
+@click.option("--reason", default=None, metavar="TEXT", help="why CSAM content must leave (--include-csam)")
 @click.pass_context
-def cases_export(ctx: click.Context, since: str | None) -> None:
-    """Every case as one JSON object per line, the shape of `cases show --json`."""
+def cases_export(ctx: click.Context, since: str | None, include_csam: bool, reason: str | None) -> None:
+    """Every case as one JSON object per line, the shape of `cases show --json`.
+
+    CSAM and possible-CSAM cases are exported as metadata only (status, dates, counts, hashes, flags, and
+    `content_withheld: true`) unless `--include-csam --reason TEXT`.
+    """
     since_at = _instant(ctx, "--since", since)
+    reason = _reason_text(ctx, reason)
+    if include_csam and reason is None:
+        _say("abuse-gateway: --include-csam needs --reason TEXT (recorded with your name)", err=True)
+        ctx.exit(EX_USAGE)
+    from storage.csam import metadata_view, record_view
+
     store = _store(ctx)
-    store.audit(_unix_user(), "export", f"since {since_at.isoformat()}" if since_at else "all")
+    actor = _unix_user()
+    what = f"since {since_at.isoformat()}" if since_at else "all"
+    store.audit(actor, "export", f"{what} with CSAM content" if include_csam else what)
     for view in store.export_cases(since_at):
+        if view.get("csam") or view.get("possible_csam"):
+            if not include_csam:
+                view = metadata_view(view)
+            else:
+                record_view(store.engine, actor, view["case_id"], "export", reason)
         click.echo(_json_line(view))
 
 
@@ -624,6 +738,112 @@ def cases_release(ctx: click.Context, case_id: str) -> None:
         _say(f"abuse-gateway: no case {case_id}", err=True)
         ctx.exit(EX_NOTFOUND)
     _say(f"{case_id.upper()} released")
+
+
+@cases.command("csam")
+@with_config
+@click.argument("case_id")
+@click.option("--reason", required=True, metavar="TEXT", help="why (recorded with your name)")
+@click.option("--clear", is_flag=True, help="unmark: clear the CSAM mark and every possible-CSAM signal")
+@click.pass_context
+def cases_csam(ctx: click.Context, case_id: str, reason: str, clear: bool) -> None:
+    """Mark a case as child sexual abuse material (or, with --clear, unmark it); audited with who and why.
+
+    A mark preserves the case [csam] preserve_days (at least 365) from now, and its content is then shown
+    only with --reason. --clear ends the preservation of possible-CSAM signals; a confirmed mark's year
+    stands even when cleared.
+    """
+    from datetime import timedelta
+
+    from storage.csam import CsamError, clear_marks, mark
+
+    case_id = _case_arg(ctx, case_id)
+    why = _reason_text(ctx, reason) or ""
+    engine = _store(ctx).engine
+    try:
+        if clear:
+            result = clear_marks(engine, case_id, _unix_user(), why)
+        else:
+            preserve = timedelta(days=_config(ctx).csam.preserve_days)
+            result = mark(engine, case_id, _unix_user(), why, preserve)
+    except CsamError as exc:
+        _say(f"abuse-gateway: {exc}", err=True)
+        ctx.exit(EX_NOTFOUND if str(exc).startswith("no ") else EX_USAGE)
+    until = result.preserve_until
+    held = f"preserved until {until.isoformat()}" if until else "not preserved"
+    where = f" (the messages of {case_id} are in {result.case_id})" if result.case_id != case_id else ""
+    if clear:
+        _say(f"{result.case_id} cleared ({result.cleared} mark(s)); {held}{where}")
+    else:
+        _say(f"{result.case_id} marked CSAM; {held}{where}")
+
+
+@cases.command("attachment")
+@with_config
+@click.argument("case_id")
+@click.argument("index", type=int)
+@click.argument("number", type=click.IntRange(min=1))
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="file to write")
+@click.option("--force", is_flag=True, help="replace FILE if it exists")
+@click.option("--reason", default=None, metavar="TEXT", help=_REASON_HELP)
+@click.pass_context
+def cases_attachment(
+    ctx: click.Context, case_id: str, index: int, number: int, out_path: str, force: bool, reason: str | None
+) -> None:
+    """Write attachment NUMBER of message INDEX, byte for byte, to a new file (mode 0600).
+
+    Never to stdout or a terminal, and nothing is opened or rendered: what the file is, is for the
+    operator to decide with the right tool. On a CSAM case it needs --reason and is recorded as a view.
+    """
+    import stat
+
+    from parsers.payloads import attachment_payloads
+    from storage.csam import record_view
+
+    case_id = _case_arg(ctx, case_id)
+    reason = _reason_text(ctx, reason)
+    if out_path in ("-", "/dev/stdout", "/dev/stderr", "/dev/tty"):
+        _say("abuse-gateway: cases attachment writes only to a file, never to stdout or a terminal", err=True)
+        ctx.exit(EX_USAGE)
+    marked = _compartment_gate(ctx, case_id, reason, "cases attachment")
+    store = _store(ctx)
+    raw = store.raw_message(case_id, index)
+    view = store.show_case(case_id)
+    if raw is None or view is None:
+        _say(f"abuse-gateway: no message {index} in case {case_id}", err=True)
+        ctx.exit(EX_NOTFOUND)
+    listed = next((m["attachments"] for m in view["messages"] if m["index"] == index), [])
+    payloads = attachment_payloads(raw)
+    if number > len(listed) or number > len(payloads):
+        _say(f"abuse-gateway: message {index} of {case_id} has {len(listed)} attachment(s)", err=True)
+        ctx.exit(EX_NOTFOUND)
+    data = payloads[number - 1]
+    import hashlib
+
+    if hashlib.sha256(data).hexdigest() != listed[number - 1]["sha256"]:
+        # The parser that listed it and the one reading it now disagree (an upgrade): say so, write nothing.
+        _say(f"abuse-gateway: attachment {number} no longer matches its stored sha256; reprocess", err=True)
+        ctx.exit(EX_USAGE)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | (os.O_TRUNC if force else os.O_EXCL)
+    try:
+        fd = os.open(out_path, flags, 0o600)
+    except FileExistsError:
+        _say(f"abuse-gateway: {_v(out_path)} exists; pass --force to replace it", err=True)
+        ctx.exit(EX_USAGE)
+    except OSError as exc:
+        _say(f"abuse-gateway: cannot write {_v(out_path)}: {exc.strerror}", err=True)
+        ctx.exit(EX_USAGE)
+    with os.fdopen(fd, "wb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode) or os.isatty(fd):
+            _say("abuse-gateway: cases attachment writes only to a regular file", err=True)
+            ctx.exit(EX_USAGE)
+        os.fchmod(fd, 0o600)  # also when --force replaced a file that had wider permissions
+        if marked:
+            record_view(store.engine, _unix_user(), case_id, "attachment", reason, index, number)
+        else:
+            store.audit(_unix_user(), "attachment", f"{case_id} {index} {number}")
+        handle.write(data)
+    _say(f"wrote {len(data)} bytes (sha256 {listed[number - 1]['sha256']}) to {_v(out_path)}")
 
 
 def _casework(ctx: click.Context) -> Any:
@@ -710,12 +930,35 @@ def cases_unsplit(ctx: click.Context, case_id: str) -> None:
 @click.option(
     "--older-than", "days", type=click.IntRange(min=1), required=True, help="days since last update"
 )
+@click.option("--dry-run", is_flag=True, help="say what would go and why each old case stays; remove nothing")
+@click.option("--yes", is_flag=True, help="do not ask on a terminal")
 @click.pass_context
-def purge(ctx: click.Context, days: int) -> None:
-    """Delete closed cases not on hold, raw bytes included (CSAM cases are kept at least 365 days)."""
+def purge(ctx: click.Context, days: int, dry_run: bool, yes: bool) -> None:
+    """Delete closed cases not on hold, raw bytes included. Never a case under legal hold or CSAM
+    preservation (a mark or signal keeps its case at least [csam] preserve_days, 365 or more)."""
     from datetime import timedelta
 
-    removed = _store(ctx).purge(timedelta(days=days), _unix_user())
+    from storage.csam import purge_survivors
+
+    store = _store(ctx)
+    older = timedelta(days=days)
+    if dry_run or (sys.stdin.isatty() and not yes):
+        would = store.purge(older, _unix_user(), dry_run=True)
+        for case_id in would:
+            _say(f"would remove {case_id}")
+        for case_id, why in purge_survivors(store.engine, older):
+            _say(f"keeps {case_id}: {_v(why)}")
+        if dry_run:
+            click.echo(f"would purge {len(would)} case(s)")
+            return
+        if not would:
+            click.echo("purged 0 case(s)")
+            return
+        # Removal is final and takes the raw evidence with it: a person at a terminal confirms it.
+        if not click.confirm(f"Remove {len(would)} case(s) and their raw messages for good?", default=False):
+            click.echo("purge cancelled; nothing removed", err=True)
+            ctx.exit(EX_NOTFOUND)
+    removed = store.purge(older, _unix_user())
     for case_id in removed:
         _say(f"removed {case_id}")
     click.echo(f"purged {len(removed)} case(s)")
@@ -728,16 +971,27 @@ def audit() -> None:
 
 @audit.command("list")
 @with_config
+@click.option("--case", "case_id", default=None, metavar="CASE", help="only what concerns this case")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def audit_list(ctx: click.Context, as_json: bool) -> None:
-    """Who read, exported, held, merged or purged what, and when, newest first."""
-    rows = _store(ctx).list_audit()
+def audit_list(ctx: click.Context, case_id: str | None, as_json: bool) -> None:
+    """Who read, exported, held, merged or purged what, and when, newest first.
+
+    With --case, every event about that case: who viewed which message and file and why (`viewed`), who
+    marked or cleared it, who read its raw bytes.
+    """
+    if case_id is not None:
+        from storage.csam import audit_for_case
+
+        rows = audit_for_case(_store(ctx).engine, _case_arg(ctx, case_id))
+    else:
+        rows = _store(ctx).list_audit()
     if as_json:
         _print_json(rows)
         return
     for row in rows:
-        _say(f"{_v(row['at'])}  {_v(row['actor']):<12} {_v(row['action']):<8} {_v(row['target'])}")
+        why = f"  reason: {_v(row['reason'])}" if row.get("reason") else ""
+        _say(f"{_v(row['at'])}  {_v(row['actor']):<12} {_v(row['action']):<8} {_v(row['target'])}{why}")
 
 
 @main.group()

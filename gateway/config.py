@@ -196,6 +196,16 @@ class MetricsConfig(_Section):
         return None if not value else _hostport(value)
 
 
+# 18 U.S.C. §2258A(h) as amended by the REPORT Act (2024): a provider preserves a report for one year.
+CSAM_MIN_PRESERVE_DAYS = 365
+
+
+class CsamConfig(_Section):
+    # How long a CSAM mark or possible-CSAM signal keeps a case from `purge`, from the moment it is placed.
+    # Longer is allowed (a prosecutor's request); shorter is refused, whatever the operator writes.
+    preserve_days: int = Field(default=CSAM_MIN_PRESERVE_DAYS, ge=CSAM_MIN_PRESERVE_DAYS)
+
+
 class LogConfig(_Section):
     level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
 
@@ -207,6 +217,7 @@ class Config(_Section):
     confirm: ConfirmConfig = ConfirmConfig()
     log: LogConfig = LogConfig()
     metrics: MetricsConfig = MetricsConfig()
+    csam: CsamConfig = CsamConfig()
     source: str | None = None  # the file it came from, for check-config
 
     def accepts_recipient(self, address: str) -> bool:
@@ -225,6 +236,7 @@ _SECTIONS: dict[str, type[_Section]] = {
     "confirm": ConfirmConfig,
     "log": LogConfig,
     "metrics": MetricsConfig,
+    "csam": CsamConfig,
 }
 
 

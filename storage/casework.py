@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from sqlalchemy import Engine, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
+from storage.csam import carry_preservation
 from storage.links import follow_merges as follow_merges
 from storage.links import link_same_reporter as link_same_reporter
 from storage.links import links_view
@@ -57,7 +58,7 @@ def _retire_into(case: Case, holder: Case, now: datetime) -> None:
     holder.updated_at = now
     holder.hold = holder.hold or case.hold
     holder.csam = holder.csam or case.csam
-
+    carry_preservation(case, holder)  # issue 19: marks and preserve_until travel with the messages
 
 
 @dataclass(slots=True)
@@ -208,6 +209,7 @@ class CaseWork:
             )
             session.add(new)
             session.flush()
+            carry_preservation(source, new)  # issue 19: the split-off case keeps the source's preservation
             assert new.id is not None and source.id is not None and message.id is not None
             moved = [{"message_pk": message.id, "from_index": message.index, "to_index": 1}]
             message.case_pk, message.index = new.id, 1

@@ -18,6 +18,7 @@ from sqlalchemy import Engine, func, insert, update
 from sqlmodel import Session, select
 
 from parsers.types import Attachment, Indicator
+from storage import csam
 from storage.links import follow_merges, link_same_reporter
 from storage.lookups import _SessionLookup
 from storage.models import AttachmentRow, Case, CaseEvent, InboxEntry, IndicatorRow, Message, OutboxRow
@@ -86,6 +87,8 @@ class IntakeCommit:
     new_case_id: Callable[[], str]
     # A new report from a reporter with open cases opened this recently is linked to them (issue 16).
     related_window: timedelta = field(default=timedelta(days=14))
+    # How long a CSAM mark or signal placed at intake preserves its case ([csam] preserve_days, issue 19).
+    csam_preserve: timedelta = field(default=csam.DEFAULT_PRESERVE)
 
     def commit_processed(self, prepared: Sequence[PreparedMessage], resolve: Resolver) -> list[Committed]:
         """Store a batch of processed messages in one transaction (threading decided inside it)."""
@@ -219,6 +222,13 @@ class IntakeCommit:
         ).scalar_one()
         self._add_attachments(session, message_pk, parsed.attachments, item.escaped_filenames)
         batch.add_indicators(session, case_pk, item.indicators, new_case=opened)
+        # -- issue 19: CSAM marks and signals, with their preservation, in the intake transaction --
+        if item.csam or item.csam_signals:
+            signals, preserve = item.csam_signals, self.csam_preserve
+            csam.record_intake_marks(
+                session, case_pk, csam=item.csam, signals=signals, at=now, preserve=preserve
+            )
+        # -- end issue 19 --
         if decision.confirm is not None:
             suppressed = decision.confirm.suppressed_reason
             session.execute(

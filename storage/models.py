@@ -70,6 +70,12 @@ class Case(SQLModel, table=True):
     # Reported as child sexual abuse material: kept at least 365 days whatever `purge` is told
     # (18 U.S.C. §2258A(h) preservation).
     csam: bool = False
+    # A signal (machine report wording, term list, hash list) the desk has not confirmed or cleared yet
+    # (issue 19): never a verdict, but preserved like one until cleared. Sources are in `csam_marks`.
+    possible_csam: bool = False
+    # No purge removes the case (or its messages and raw bytes) before this: the latest end of every
+    # preservation its marks placed (`storage/csam.py` recomputes it from `csam_marks`).
+    preserve_until: datetime | None = _ts(default=None, nullable=True)
     created_at: datetime = _ts(default_factory=utcnow, index=True)
     updated_at: datetime = _ts(default_factory=utcnow)
     # Set when the desk merged this case into another (status `merged`): mail that names this case's ID
@@ -200,6 +206,13 @@ class AuditEvent(SQLModel, table=True):
     actor: str = Field(max_length=64)  # the Unix user that ran the command
     action: str = Field(max_length=32)
     target: str = ""
+    # For a `viewed` event (issue 19), what was looked at and why, so "did a person view file K of message
+    # N?" is a query, not a parse of `target`. `message_pk` survives merges and splits (indexes do not).
+    case_id: str | None = Field(default=None, index=True, max_length=32)
+    message_pk: int | None = None
+    message_index: int | None = None
+    attachment_index: int | None = None  # 1-based position in the message, as `cases attachment` names it
+    reason: str | None = None
 
 
 class CaseLink(SQLModel, table=True):
@@ -235,3 +248,28 @@ class CaseMove(SQLModel, table=True):
     prior_status: str = Field(default="open", max_length=16)
     undone_at: datetime | None = _ts(default=None, nullable=True)
     undone_by: str | None = Field(default=None, max_length=64)
+
+
+class CsamMark(SQLModel, table=True):
+    """One mark or signal on a case and, when it was cleared, who cleared it and why (issue 19).
+
+    Rows are never deleted or rewritten except to record a clearing, so the history of a case's marks can be
+    reconstructed. `kind` is `csam` (a verdict: the desk's `cases csam`, or a machine report that says so) or
+    `possible_csam` (a signal: term list, hash list). A cleared `possible_csam` row no longer preserves the
+    case; a `csam` row's preservation stands even when cleared (18 U.S.C. §2258A(h): one year).
+    """
+
+    __tablename__ = "csam_marks"
+
+    id: int | None = Field(default=None, primary_key=True)
+    case_pk: int = Field(foreign_key="cases.id", index=True)
+    kind: str = Field(max_length=16)  # csam | possible_csam
+    # desk | machine_report | terms:<lang> | hash_match:<label>:<alg>:<distance> | carried:<CASE-ID>
+    source: str
+    at: datetime = _ts(default_factory=utcnow)
+    actor: str | None = Field(default=None, max_length=64)  # None: the intake set it
+    reason: str | None = None
+    preserve_until: datetime = _ts()
+    cleared_at: datetime | None = _ts(default=None, nullable=True)
+    cleared_by: str | None = Field(default=None, max_length=64)
+    clear_reason: str | None = None

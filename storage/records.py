@@ -44,6 +44,8 @@ class PreparedMessage:
     embedded_texts: tuple[str, ...] = ()  # subject and opening text of attached messages
     evidence: tuple[dict[str, Any], ...] = ()  # forwarded messages, display form
     csam: bool = False  # a report of child sexual abuse material: the case is kept at least 365 days
+    # sources of a possible-CSAM signal: terms:<lang>, hash_match:<label>:<alg>:<distance>
+    csam_signals: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import Engine, and_, or_, update
 from sqlmodel import Session, select
 
+from storage import csam
 from storage.models import (
     AttachmentRow,
     AuditEvent,
@@ -21,7 +22,7 @@ from storage.models import (
     Message,
     OutboxRow,
 )
-from storage.util import _iso, _now
+from storage.util import _now
 
 
 @dataclass(slots=True)
@@ -40,10 +41,15 @@ class Retention:
         return True
 
     def purge(
-        self, older_than: timedelta, actor: str, csam_minimum: timedelta = timedelta(days=365)
+        self,
+        older_than: timedelta,
+        actor: str,
+        csam_minimum: timedelta = timedelta(days=365),
+        dry_run: bool = False,
     ) -> list[str]:
         """Delete closed cases not on hold and untouched for `older_than`, raw bytes included. A CSAM case
-        is kept at least `csam_minimum` from its creation whatever `older_than` says."""
+        is kept at least `csam_minimum` from its creation whatever `older_than` says, and no case under
+        preservation (`preserve_until`, issue 19) is removed at all. `dry_run`: name them, remove nothing."""
         now = _now()
         with Session(self.engine) as session, session.begin():
             doomed = list(
@@ -53,6 +59,7 @@ class Retention:
                         Case.hold.is_(False),
                         Case.updated_at < now - older_than,
                         or_(Case.csam.is_(False), Case.created_at < now - csam_minimum),
+                        ~csam.preserved_now(now),  # issue 19
                     )
                 )
             )
@@ -66,10 +73,18 @@ class Retention:
                 merged = [m for m in merged if m not in doomed]
                 doomed += merged
                 frontier = [m.id for m in merged]
+            # -- issue 19: a merge chain that reaches a preserved case keeps its root (and so the chain) --
+            kept_roots = csam.roots_kept(session, doomed, now)
+            if kept_roots:
+                doomed = [c for c in doomed if c.id not in kept_roots]
+            if dry_run or not doomed:
+                return [c.case_id for c in doomed]
+            # -- end issue 19 --
             case_pks = [c.id for c in doomed]
             message_pks = list(session.exec(select(Message.id).where(Message.case_pk.in_(case_pks))))
             inbox_ids = list(session.exec(select(Message.inbox_id).where(Message.case_pk.in_(case_pks))))
             sha256s = list(session.exec(select(Message.sha256).where(Message.case_pk.in_(case_pks))))
+            sha256s = csam.unshared_digests(session, sha256s, case_pks)  # issue 19: never a survivor's bytes
             from sqlalchemy import delete
 
             session.execute(delete(AttachmentRow).where(AttachmentRow.message_pk.in_(message_pks)))
@@ -86,6 +101,7 @@ class Retention:
             )
             session.execute(delete(IndicatorRow).where(IndicatorRow.case_pk.in_(case_pks)))
             session.execute(delete(CaseEvent).where(CaseEvent.case_pk.in_(case_pks)))
+            csam.forget_marks(session, case_pks)  # issue 19: only ever of cases whose preservation is over
             session.execute(
                 delete(CaseLink).where(or_(CaseLink.case_pk.in_(case_pks), CaseLink.other_pk.in_(case_pks)))
             )
@@ -107,6 +123,5 @@ class Retention:
     def list_audit(self, limit: int = 1000) -> list[dict[str, Any]]:
         with Session(self.engine) as session:
             rows = session.exec(select(AuditEvent).order_by(AuditEvent.id.desc()).limit(limit))
-            return [
-                {"at": _iso(r.at), "actor": r.actor, "action": r.action, "target": r.target} for r in rows
-            ]
+            # issue 19: with case, message, attachment, reason
+            return [csam.audit_row(r) for r in rows]

@@ -113,7 +113,13 @@ def _conditions(engine: Engine, wanted: CaseFilter) -> list[ColumnElement[bool]]
         flag = _like(wanted.flag)
         matches = or_(flags.like(f'%"{flag}"%', escape="\\"), flags.like(f'%"{flag}:%', escape="\\"))
         flagged = exists().where(Message.case_pk == Case.id, matches)
-        where.append(or_(Case.csam.is_(True), flagged) if wanted.flag == "csam" else flagged)
+        # The case-level marks (issue 19) answer for the compartment's two flags, whatever the messages say.
+        if wanted.flag == "csam":
+            where.append(or_(Case.csam.is_(True), flagged))
+        elif wanted.flag == "possible_csam":
+            where.append(or_(Case.possible_csam.is_(True), flagged))
+        else:
+            where.append(flagged)
     if wanted.indicator is not None:
         value, host = wanted.indicator
         found = [IndicatorRow.value == value]
@@ -205,6 +211,7 @@ def summary(case: Case, messages: int) -> dict[str, Any]:
         "messages": messages,
         "hold": case.hold,
         "csam": case.csam,
+        "possible_csam": case.possible_csam,
         "created_at": iso(case.created_at),
         "updated_at": iso(case.updated_at),
     }

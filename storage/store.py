@@ -14,6 +14,7 @@ from datetime import timedelta
 
 from sqlalchemy import Engine
 
+from storage import csam
 from storage.claims import Claims, new_worker_id
 from storage.desk import Desk
 from storage.intake_commit import IntakeCommit
@@ -56,12 +57,14 @@ class CaseStore:
         worker_id: str | None = None,
         # A new report from a reporter with open cases opened this recently is linked to them (issue 16).
         related_window: timedelta = timedelta(days=14),
+        # How long a CSAM mark or signal placed at intake preserves its case ([csam] preserve_days, issue 19).
+        csam_preserve: timedelta = csam.DEFAULT_PRESERVE,
     ) -> None:
         self.engine = engine
         # One id per store for inbox and outbox claims alike: `release_dead_claims` skips its own holder.
         self.worker_id = worker_id or new_worker_id()
         self.claims = Claims(engine, self.worker_id)
-        self.intake = IntakeCommit(engine, new_case_id, related_window)
+        self.intake = IntakeCommit(engine, new_case_id, related_window, csam_preserve)
         self.reprocess = Reprocess(engine)
         self.desk = Desk(engine)
         self.outbox = Outbox(engine, self.worker_id)

@@ -57,13 +57,24 @@ def test_purge_removes_old_closed_cases_and_their_raw_bytes_but_not_held_or_open
     assert f"removed {held}" in run(cli_config, "purge", "--older-than", "90")
 
 
-def test_csam_case_is_kept_365_days_whatever_the_setting(cli_config: Path) -> None:
+def test_csam_case_is_kept_365_days_from_its_mark_whatever_the_setting(cli_config: Path) -> None:
     case_id = _ingest(cli_config, "xarf_v4_content_csam_attachment.eml")
-    assert json.loads(run(cli_config, "cases", "show", case_id, "--json"))["csam"] is True
+    assert json.loads(run(cli_config, "cases", "show", case_id, "--metadata", "--json"))["csam"] is True
     run(cli_config, "cases", "close", case_id)
     _age(cli_config, case_id, days=200)
     assert "purged 0 case(s)" in run(cli_config, "purge", "--older-than", "30")
+    # The year runs from the mark (issue 19), not from the case's creation.
     _age(cli_config, case_id, days=200, created_days=400)
+    assert "purged 0 case(s)" in run(cli_config, "purge", "--older-than", "30")
+    from gateway.config import load_config
+    from storage.models import CsamMark
+
+    store = build_store(load_config(cli_config))
+    past = datetime.now(UTC) - timedelta(days=1)
+    with Session(store.engine) as session, session.begin():
+        session.execute(update(Case).where(Case.case_id == case_id).values(preserve_until=past))
+        session.execute(update(CsamMark).values(preserve_until=past))
+    store.engine.dispose()
     assert f"removed {case_id}" in run(cli_config, "purge", "--older-than", "30")
 
 
