@@ -26,12 +26,17 @@ def attachment_filename(part: Message, defects: list[str]) -> str | None:
 
 
 def to_attachment(part: Message, ctype: str, defects: list[str]) -> Attachment:
+    data = attachment_bytes(part, ctype, defects)
+    return Attachment(attachment_filename(part, defects), ctype, len(data), hashlib.sha256(data).hexdigest())
+
+
+def attachment_bytes(part: Message, ctype: str, defects: list[str]) -> bytes:
+    """What is hashed (and exported) as the file: the decoded payload, or the enclosed message's bytes."""
     try:
-        data = _message_bytes(part) if ctype.startswith("message/") else payload_bytes(part)
+        return _message_bytes(part) if ctype.startswith("message/") else payload_bytes(part)
     except Exception as exc:  # e.g. RecursionError flattening a deeply nested forwarded message
         defects.append(f"parse_error: {type(exc).__name__}")
-        data = b""
-    return Attachment(attachment_filename(part, defects), ctype, len(data), hashlib.sha256(data).hexdigest())
+        return b""
 
 
 def payload_bytes(part: Message) -> bytes:

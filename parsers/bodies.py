@@ -8,36 +8,46 @@ from __future__ import annotations
 
 import codecs
 import re
+from collections.abc import Sequence
 from email.message import Message
 
 from parsers.attachments import attachment_filename, payload_bytes, to_attachment
 from parsers.headers import clean
 from parsers.html_text import html_to_text
 from parsers.mime import guard
-from parsers.types import Attachment
 
 _CRLF_RE = re.compile(r"\r\n?|\n")
 
 
-def body_fields(leaves: list[Message], defects: list[str]) -> dict[str, object]:
-    """The reporter's text, the HTML body as text, and every other leaf as an attachment.
+def split_leaves(
+    leaves: Sequence[Message], defects: list[str]
+) -> tuple[Message | None, Message | None, list[tuple[Message, str]]]:
+    """The body leaves and the files, in order: one rule for `parse_message` and for finding an attachment's
+    bytes again (`parsers.payloads`), so "attachment K" always names the same leaf.
 
     The body is the first inline text/plain and the first inline text/html; everything else (including
     further text parts and every message/* part) is a file to hash.
     """
     plain: Message | None = None
     html: Message | None = None
-    attachments: list[Attachment] = []
+    files: list[tuple[Message, str]] = []
     for part in leaves:
         ctype = guard(part.get_content_type, "application/octet-stream", defects, "bad_header: content-type")
         if ctype.startswith("message/") or not _is_inline_body(part, defects):
-            attachments.append(to_attachment(part, ctype, defects))
+            files.append((part, ctype))
         elif plain is None and (ctype == "text/plain" or ctype.startswith("multipart/")):
             plain = part  # a multipart left unsplit (no boundary) is shown as its text
         elif html is None and ctype == "text/html":
             html = part
         else:
-            attachments.append(to_attachment(part, ctype, defects))
+            files.append((part, ctype))
+    return plain, html, files
+
+
+def body_fields(leaves: list[Message], defects: list[str]) -> dict[str, object]:
+    """The reporter's text, the HTML body as text, and every other leaf as an attachment."""
+    plain, html, files = split_leaves(leaves, defects)
+    attachments = [to_attachment(part, ctype, defects) for part, ctype in files]
     fields: dict[str, object] = {"attachments": tuple(attachments)}
     if html is not None:
         html_text, links = html_to_text(_part_text(html, defects), defects)
