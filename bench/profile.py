@@ -40,6 +40,7 @@ class Sampler:
                 "--format",
                 "raw",
                 "--threads",
+                "--subprocesses",  # the intake processes and their preparation children: where the CPU goes
                 "--nonblocking",
                 "--output",
                 str(out),

@@ -17,7 +17,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 
@@ -63,8 +63,9 @@ _TRANSACTION_INDICATORS = 1_000
 _TRANSACTION_BYTES = 1 << 20
 
 
-def transactions(prepared: Sequence[PreparedMessage]) -> Iterator[list[PreparedMessage]]:
-    """Consecutive runs of `prepared`, each within the limits above (or a single message)."""
+def transactions(prepared: Iterable[PreparedMessage]) -> Iterator[list[PreparedMessage]]:
+    """Consecutive runs of `prepared`, each within the limits above (or a single message); each run is
+    yielded as soon as the item after it is known not to fit, so a stream commits as it is prepared."""
     part: list[PreparedMessage] = []
     indicators = size = 0
     for item in prepared:
@@ -186,41 +187,52 @@ class IntakeWorker:
         )
         if not entries:
             return 0
-        prepared: list[PreparedMessage] = []
-        for entry in entries:
-            started = time.monotonic()
-            timeout, max_text = self.config.intake.processing_timeout, self.config.intake.max_text_chars
-            try:
-                if self._process is not None:
-                    prepared.append(self._process.run(entry, timeout))
-                else:
-                    job = functools.partial(prepare, entry, self.parse, max_text)
-                    prepared.append(self._preparer.run(job, timeout))
-            except Exception as exc:
-                error = type(exc).__name__
-                if self.on_failure is not None:
-                    self.on_failure()
-                if entry.attempts >= self.config.intake.max_attempts:
-                    log.error(
-                        "processing failed for good: inbox_id=%d attempts=%d error=%s",
-                        entry.inbox_id,
-                        entry.attempts,
-                        error,
-                    )
-                    prepared.append(failed(entry, error))
-                else:
-                    log.warning(
-                        "processing failed: inbox_id=%d attempt=%d error=%s",
-                        entry.inbox_id,
-                        entry.attempts,
-                        error,
-                    )
-                    self.store.release_failed(entry.inbox_id, error)
-                continue
-            log.debug("prepared: inbox_id=%d ms=%.1f", entry.inbox_id, (time.monotonic() - started) * 1000)
-        for part in transactions(prepared):
+        for part in transactions(self._prepared(entries)):
             self._commit(part)
         return len(entries)
+
+    def _prepared(self, entries: Sequence[ClaimedEntry]) -> Iterator[PreparedMessage]:
+        """Each entry prepared (or, after its last attempt, `failed`), in order and as soon as it is ready,
+        so the first transactions of a batch commit while the preparation child works on the rest."""
+        timeout, max_text = self.config.intake.processing_timeout, self.config.intake.max_text_chars
+        if self._process is not None:
+            outcomes: Iterator[PreparedMessage | Exception] = self._process.run_batch(entries, timeout)
+        else:
+            outcomes = (self._in_thread(entry, timeout, max_text) for entry in entries)
+        started = time.monotonic()
+        for entry, outcome in zip(entries, outcomes, strict=True):
+            if isinstance(outcome, PreparedMessage):
+                ms = (time.monotonic() - started) * 1000
+                log.debug("prepared: inbox_id=%d ms=%.1f", entry.inbox_id, ms)
+                yield outcome
+                started = time.monotonic()  # a commit in between is not the next message's preparation
+                continue
+            error = type(outcome).__name__
+            if self.on_failure is not None:
+                self.on_failure()
+            if entry.attempts >= self.config.intake.max_attempts:
+                log.error(
+                    "processing failed for good: inbox_id=%d attempts=%d error=%s",
+                    entry.inbox_id,
+                    entry.attempts,
+                    error,
+                )
+                yield failed(entry, error)
+            else:
+                log.warning(
+                    "processing failed: inbox_id=%d attempt=%d error=%s",
+                    entry.inbox_id,
+                    entry.attempts,
+                    error,
+                )
+                self.store.release_failed(entry.inbox_id, error)
+            started = time.monotonic()
+
+    def _in_thread(self, entry: ClaimedEntry, timeout: float, max_text: int) -> PreparedMessage | Exception:
+        try:
+            return self._preparer.run(functools.partial(prepare, entry, self.parse, max_text), timeout)
+        except Exception as exc:
+            return exc
 
     def _commit(self, prepared: Sequence[PreparedMessage]) -> None:
         try:

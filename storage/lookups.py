@@ -42,8 +42,12 @@ class _SessionLookup:
             ).all():
                 seen[("mid", mid)].append((case_id, digest))
         if digests:
+            # coalesce, not IS NULL: SQLite's planner (no ANALYZE) would read the message_id index, every
+            # message without one, per batch (issue 18.5); the sha256 index finds the few. Never "": the
+            # parser gives None.
+            no_id = func.coalesce(Message.message_id, "") == ""
             for _mid, digest, case_id in self.session.exec(
-                base.where(Message.sha256.in_(digests), Message.message_id.is_(None)).order_by(Message.id)
+                base.where(Message.sha256.in_(digests), no_id).order_by(Message.id)
             ).all():
                 seen[("sha", digest)].append((case_id, digest))
         self._seen = seen
@@ -153,7 +157,8 @@ class _SessionLookup:
             if message_id:
                 query = query.where(Message.message_id == message_id)
             else:
-                query = query.where(Message.sha256 == sha256, Message.message_id.is_(None))
+                # coalesce, not IS NULL: as in prefetch_seen, so the sha256 index is read.
+                query = query.where(Message.sha256 == sha256, func.coalesce(Message.message_id, "") == "")
             rows = [(case_id, digest) for case_id, digest in self.session.exec(query.order_by(Message.id))]
         if not rows:
             return None
@@ -163,9 +168,15 @@ class _SessionLookup:
         return rows[0][0], False
 
     def open_group_case(self, group_key: str, since: datetime) -> str | None:
+        # coalesce(status), not status: SQLite's planner (no ANALYZE) would read the status index, every
+        # open case, per machine report (issue 18.5); the group_key index finds the few.
         found = self.session.exec(
             select(Case.case_id)
-            .where(Case.group_key == group_key, Case.status == "open", Case.updated_at >= since)
+            .where(
+                Case.group_key == group_key,
+                func.coalesce(Case.status, "") == "open",
+                Case.updated_at >= since,
+            )
             .order_by(Case.id.desc())
             .limit(1)
         ).first()
