@@ -580,11 +580,11 @@ def cases_show(ctx: click.Context, case_id: str, as_json: bool, metadata: bool, 
         if message["defects"]:
             _say(f"Defects: {', '.join(_v(defect) for defect in message['defects'])}")
         for attachment in message["attachments"]:
-            viewed = "; viewed by a person" if attachment.get("viewed_by_person") else ""
+            viewed = ", viewed by a person" if attachment.get("viewed_by_person") else ""
             _say(
-                f"Attachment {attachment.get('index', '?')}: {_v(attachment['filename']) or '(unnamed)'} "
-                f"{_v(attachment['content_type'])} {attachment['size']} bytes "
-                f"sha256 {_v(attachment['sha256'])}{viewed}"
+                f"Attachment: {_v(attachment['filename']) or '(unnamed)'} {_v(attachment['content_type'])} "
+                f"{attachment['size']} bytes sha256 {_v(attachment['sha256'])} "
+                f"(file {attachment.get('index', '?')}{viewed})"
             )
         if message.get("report"):
             report = message["report"]
