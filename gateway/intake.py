@@ -21,10 +21,12 @@ from concurrent.futures import TimeoutError as FutureTimeout
 
 from gateway import metrics
 from gateway.config import Config
+from gateway.known_material import CsamSignals
 from gateway.preparer import ProcessingTimeout, ProcessPreparer
 from gateway.threader import Threader
 from parsers.auto import classify
 from parsers.bounce import embedded_texts, returned_message_ids
+from parsers.content_hashes import content_hashes
 from parsers.defang import defang
 from parsers.escape import escape_text
 from parsers.forward import ForwardedMessage, forwarded_messages
@@ -168,6 +170,8 @@ def prepare(
     if any(name.lower().startswith(_OUR_HEADER_PREFIX) for name, _ in parsed.headers):
         flags.append("untrusted_gateway_headers")
     subject, text = defang(parsed.subject), defang(parsed.text)
+    # Hashed here, in the bounded child (a hostile image can only kill it); matched in the worker (issue 19).
+    hashes = content_hashes(entry.raw) if parsed.attachments else None
     return PreparedMessage(
         entry=entry,
         parsed=parsed,
@@ -180,13 +184,14 @@ def prepare(
         ),
         indicators=_indicators(subject.indicators + text.indicators, parsed, report, forwards),
         report=_report_fields(report) if report is not None else None,
-        defects=parsed.defects,
+        defects=(*parsed.defects, *hashes.defects) if hashes else parsed.defects,
         flags=tuple(flags),
         group_key=_group_key(report),
         returned_message_ids=returned_message_ids(entry.raw) if classification.kind == "automatic" else (),
         embedded_texts=embedded_texts(entry.raw) if _has_embedded_message(parsed) else (),
         evidence=tuple(_evidence(f) for f in forwards),
         csam=report is not None and is_csam(report),
+        content_hashes=hashes,
     )
 
 
@@ -295,6 +300,7 @@ class IntakeWorker:
         self.batch = batch
         self.on_committed = on_committed
         self.on_failure = on_failure
+        self.csam = CsamSignals.from_config(config.csam)
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._preparer = _Preparer()
@@ -303,6 +309,11 @@ class IntakeWorker:
             self._process = ProcessPreparer(
                 config.intake.prepare_memory_mb * 1024 * 1024, config.intake.max_text_chars, config.log.level
             )
+
+    def use_config(self, config: Config) -> None:
+        """SIGHUP in `thread` mode: the new configuration, its term list and hash lists re-read."""
+        self.config = config
+        self.csam = CsamSignals.from_config(config.csam)
 
     def close(self) -> None:
         if self._process is not None:
@@ -372,6 +383,8 @@ class IntakeWorker:
                     )
                     self.store.release_failed(entry.inbox_id, error)
                 continue
+            # Signals need the hash index, which lives here, not in the bounded preparation child.
+            prepared[-1] = self.csam.apply(prepared[-1])
             log.debug("prepared: inbox_id=%d ms=%.1f", entry.inbox_id, (time.monotonic() - started) * 1000)
         for part in transactions(prepared):
             self._commit(part)

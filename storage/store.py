@@ -23,9 +23,11 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import defer
 from sqlmodel import Session, select
 
+from parsers.content_hashes import ContentHashes
 from parsers.types import Attachment, Indicator, ParsedMessage
 from storage.casework import follow_merges, link_same_reporter, links_view
 from storage.models import (
+    AttachmentItemRow,
     AttachmentRow,
     AuditEvent,
     Case,
@@ -81,6 +83,9 @@ class PreparedMessage:
     embedded_texts: tuple[str, ...] = ()  # subject and opening text of attached messages
     evidence: tuple[dict[str, Any], ...] = ()  # forwarded messages, display form
     csam: bool = False  # a report of child sexual abuse material: the case is kept at least 365 days
+    # sources of a possible-CSAM signal: terms:<lang>, hash_match:<label>:<alg>:<distance>
+    csam_signals: tuple[str, ...] = ()
+    content_hashes: ContentHashes | None = None  # digests of the attachments and what is inside (issue 19)
 
 
 @dataclass(frozen=True, slots=True)
@@ -669,7 +674,9 @@ class CaseStore:
                 evidence=list(item.evidence) or None,
             ),
         ).scalar_one()
-        self._add_attachments(session, message_pk, parsed.attachments, item.escaped_filenames)
+        self._add_attachments(
+            session, message_pk, parsed.attachments, item.escaped_filenames, item.content_hashes
+        )
         batch.add_indicators(session, case_pk, item.indicators, new_case=opened)
         if decision.confirm is not None:
             suppressed = decision.confirm.suppressed_reason
@@ -738,12 +745,15 @@ class CaseStore:
         message_pk: int | None,
         attachments: Sequence[Attachment],
         escaped: Sequence[str | None],
+        hashes: ContentHashes | None = None,
     ) -> None:
         if not attachments:
             return
-        session.execute(
-            insert(AttachmentRow.__table__),
-            [
+        digests = {h.sha256: h for h in hashes.attachments} if hashes is not None else {}
+        rows = []
+        for position, attachment in enumerate(attachments):
+            digest = digests.get(attachment.sha256)
+            rows.append(
                 {
                     "message_pk": message_pk,
                     "filename": attachment.filename,
@@ -751,10 +761,38 @@ class CaseStore:
                     "content_type": attachment.content_type,
                     "size": attachment.size,
                     "sha256": attachment.sha256,
+                    "md5": digest.md5 if digest else None,
+                    "sha1": digest.sha1 if digest else None,
+                    "pdq": digest.pdq if digest else None,
                 }
-                for position, attachment in enumerate(attachments)
-            ],
-        )
+            )
+        if hashes is None or not hashes.nested:
+            session.execute(insert(AttachmentRow.__table__), rows)
+            return
+        ids = session.execute(
+            insert(AttachmentRow.__table__).returning(
+                AttachmentRow.__table__.c.id, sort_by_parameter_order=True
+            ),
+            rows,
+        ).scalars().all()
+        first_pk: dict[str, int] = {}
+        for row, pk in zip(rows, ids, strict=True):
+            first_pk.setdefault(row["sha256"], pk)
+        items = [
+            {
+                "attachment_pk": first_pk[n.parent_sha256],
+                "path": n.path,
+                "size": n.hashes.size,
+                "sha256": n.hashes.sha256,
+                "md5": n.hashes.md5,
+                "sha1": n.hashes.sha1,
+                "pdq": n.hashes.pdq,
+            }
+            for n in hashes.nested
+            if n.parent_sha256 in first_pk
+        ]
+        if items:
+            session.execute(insert(AttachmentItemRow.__table__), items)
 
     @staticmethod
     def _mark_done(session: Session, inbox_id: int, state: str) -> None:
@@ -827,7 +865,9 @@ class CaseStore:
                 select(AttachmentRow).where(AttachmentRow.message_pk == message_pk)
             ).all():
                 session.delete(old)
-            self._add_attachments(session, message_pk, parsed.attachments, item.escaped_filenames)
+            self._add_attachments(
+                session, message_pk, parsed.attachments, item.escaped_filenames, item.content_hashes
+            )
             rows = _BatchRows()
             rows.add_indicators(session, message.case_pk, item.indicators, new_case=False)
             rows.insert(session)
