@@ -26,6 +26,14 @@ from email import policy as email_policy
 from email.generator import BytesGenerator
 from email.message import Message
 
+# Imported with the module, not at first use: in the preparation child the imports run before its
+# address-space cap is set (gateway/preparer.py), and numpy's start-up reserves memory of its own.
+import numpy as np
+import pdqhash
+from PIL import Image
+
+from parsers.escape import escape_text
+
 # Pillow refuses images above twice this many pixels and warns above it; we refuse both (a defect). 8 K × 8 K
 # covers every real photo; PDQ works on a 512-pixel thumbnail anyway.
 MAX_IMAGE_PIXELS = 64 * 1024 * 1024
@@ -101,10 +109,6 @@ def looks_like_image(data: bytes) -> bool:
 
 def pdq_hash(data: bytes, defects: list[str]) -> tuple[str, int] | None:
     """(hex, quality) of an image, or None with a defect when it cannot be decoded within the limits."""
-    import numpy as np
-    import pdqhash
-    from PIL import Image
-
     Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
     try:
         with warnings.catch_warnings():
@@ -127,8 +131,6 @@ def pdq_hash(data: bytes, defects: list[str]) -> tuple[str, int] | None:
 
 def pdq_hex(bits: object) -> str:
     """256 hash bits (0/1, bit 0 first), packed most significant bit first: the reference hex."""
-    import numpy as np
-
     return np.packbits(np.asarray(bits, dtype=np.uint8)).tobytes().hex()
 
 
@@ -211,7 +213,9 @@ class _Walk:
                 return
             content = self._read_member(archive, info)
             if content is not None:
-                self.add(content, "application/octet-stream", parent, f"{path}zip:{info.filename}", depth + 1)
+                # A member's name is the sender's text, shown to the desk: stored escaped, like a filename.
+                name = escape_text(info.filename)
+                self.add(content, "application/octet-stream", parent, f"{path}zip:{name}", depth + 1)
 
     def _read_member(self, archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes | None:
         limits = self.limits
