@@ -125,3 +125,11 @@ def test_term_languages_are_named_per_language() -> None:
     matcher = TermMatcher()
     assert matcher.languages("child porn here", "детская порнография") == ["en", "ru"]
     assert matcher.languages("児童ポルノ") == ["ja"]
+
+
+def test_the_prefilter_keeps_matches_split_by_non_ascii_separators() -> None:
+    matcher = TermMatcher()
+    split = ("k·i·n·d·e·r·p·o·r·n·o", "child — porn", "child 😀 porn", "Grüße, child\u3000porn", "детская—порнография")
+    for text in split:
+        assert matcher.match(text), text
+    assert matcher.match("Grüße, cp -r dir") == []
