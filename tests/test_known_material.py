@@ -129,7 +129,8 @@ def test_term_languages_are_named_per_language() -> None:
 
 def test_the_prefilter_keeps_matches_split_by_non_ascii_separators() -> None:
     matcher = TermMatcher()
-    split = ("k·i·n·d·e·r·p·o·r·n·o", "child — porn", "child 😀 porn", "Grüße, child\u3000porn", "детская—порнография")
+    split = ("k·i·n·d·e·r·p·o·r·n·o", "child — porn", "child 😀 porn")
+    split += ("Grüße, child\u3000porn", "детская—порнография")
     for text in split:
         assert matcher.match(text), text
     assert matcher.match("Grüße, cp -r dir") == []
