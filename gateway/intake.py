@@ -300,7 +300,7 @@ class IntakeWorker:
         self.batch = batch
         self.on_committed = on_committed
         self.on_failure = on_failure
-        self.csam = CsamSignals.from_config(config.csam)
+        self._csam: CsamSignals | None = None  # built at first use: `serve`'s own worker may never run
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._preparer = _Preparer()
@@ -310,10 +310,20 @@ class IntakeWorker:
                 config.intake.prepare_memory_mb * 1024 * 1024, config.intake.max_text_chars, config.log.level
             )
 
+    @property
+    def csam(self) -> CsamSignals:
+        """The term list and the hash index, loaded when first needed: in `process` mode the listener's
+        own worker never prepares, and must not hold hundreds of MB of index it never reads."""
+        if self._csam is None:
+            self._csam = CsamSignals.from_config(self.config.csam)
+        return self._csam
+
     def use_config(self, config: Config) -> None:
-        """SIGHUP in `thread` mode: the new configuration, its term list and hash lists re-read."""
+        """SIGHUP in `thread` mode: the new configuration; its term list and hash lists are re-read."""
         self.config = config
-        self.csam = CsamSignals.from_config(config.csam)
+        if self._csam is not None:
+            self._csam = None
+            self._csam = CsamSignals.from_config(config.csam)
 
     def close(self) -> None:
         if self._process is not None:

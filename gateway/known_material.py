@@ -106,18 +106,20 @@ class KnownMaterial:
     @classmethod
     def from_lists(cls, lists: Sequence[HashList], pdq_distance: int = 31) -> KnownMaterial:
         labels: list[str] = []
-        columns: dict[str, tuple[list[bytes], list[int]]] = {a: ([], []) for a in (*EXACT, "pdq")}
+        columns: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {a: ([], []) for a in (*EXACT, "pdq")}
         for hash_list in lists:
             offset = len(labels)
             labels += hash_list.labels
             for algorithm, (digests, which) in columns.items():
-                digests += hash_list.digests[algorithm]
-                which += [offset + i for i in hash_list.label_of[algorithm]]
+                width = DIGEST_BYTES[algorithm]
+                digests.append(np.frombuffer(hash_list.digests[algorithm], dtype=np.uint8).reshape(-1, width))
+                which.append(np.frombuffer(hash_list.label_of[algorithm], dtype=np.int32) + offset)
 
         def arrays(algorithm: str) -> tuple[np.ndarray, np.ndarray]:
             digests, which = columns[algorithm]
-            flat = np.frombuffer(b"".join(digests), dtype=np.uint8).reshape(-1, DIGEST_BYTES[algorithm])
-            return flat, np.asarray(which, dtype=np.int32)
+            if not digests:
+                return np.zeros((0, DIGEST_BYTES[algorithm]), np.uint8), np.zeros(0, np.int32)
+            return np.concatenate(digests), np.concatenate(which)
 
         pdq, pdq_labels = arrays("pdq")
         return cls.from_arrays({a: arrays(a) for a in EXACT}, pdq, pdq_labels, labels, pdq_distance)
@@ -163,36 +165,45 @@ class KnownMaterial:
         return np.nonzero(sums <= np.uint32((self.pdq_distance << 24) | 0xFFFFFF))[0]
 
 
-# (path, mtime_ns, size, declared) → the parsed list: a SIGHUP re-reads only the lists that changed.
-_CACHE: dict[tuple[str, int, int, str | None], HashList] = {}
+# The last index built, by the identity of its files ((path, mtime_ns, size, declared) each) and distance:
+# a worker rebuilt on SIGHUP with unchanged lists reuses it instead of reading ten million lines again.
+# Only the last: two indexes of hundreds of MB side by side is what the cache must not cause.
+_LAST: tuple[object, KnownMaterial] | None = None
 
 
 def load_lists(specs: Sequence[str], pdq_distance: int = 31) -> KnownMaterial:
     """The configured lists, indexed. A list that cannot be read is logged and skipped (the others still
     match): config validation has already checked that each file exists at start."""
-    lists: list[HashList] = []
-    wanted = set()
+    global _LAST
+    identity: list[tuple[str, int, int, str | None]] = []
     for spec in specs:
         declared, path = split_spec(spec)
         try:
             stat = os.stat(path)
-            key = (path, stat.st_mtime_ns, stat.st_size, declared)
-            if key not in _CACHE:
-                text = Path(path).read_text(encoding="utf-8", errors="replace")
-                _CACHE[key] = parse_hash_list(text, Path(path).stem, declared)
         except OSError as exc:
             log.error("hash list unreadable: path=%s error=%s", path, type(exc).__name__)
             continue
-        wanted.add(key)
-        hash_list = _CACHE[key]
+        identity.append((path, stat.st_mtime_ns, stat.st_size, declared))
+    key = (tuple(identity), pdq_distance)
+    if _LAST is not None and _LAST[0] == key:
+        return _LAST[1]
+    _LAST = None  # the old index may go before the new one is built
+    lists: list[HashList] = []
+    for path, _, _, declared in identity:
+        try:
+            text = Path(path).read_text(encoding="utf-8", errors="replace")
+        except OSError as exc:
+            log.error("hash list unreadable: path=%s error=%s", path, type(exc).__name__)
+            continue
+        hash_list = parse_hash_list(text, Path(path).stem, declared)
+        del text
         if hash_list.bad_lines:
             log.warning("hash list: path=%s bad_lines=%d", path, hash_list.bad_lines)
         lists.append(hash_list)
-    for stale in set(_CACHE) - wanted:
-        del _CACHE[stale]
     known = KnownMaterial.from_lists(lists, pdq_distance)
     if specs:
         log.info("hash lists loaded: lists=%d digests=%d bytes=%d", len(lists), known.size(), known.nbytes())
+    _LAST = (key, known)
     return known
 
 

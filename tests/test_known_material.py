@@ -25,9 +25,9 @@ SHA256 = hashlib.sha256(b"three").hexdigest()
 def test_a_plain_list_is_read_by_digest_length_with_comments_and_bad_lines_counted() -> None:
     text = f"# from the provider\n{MD5}\n\n{SHA1.upper()}\n{SHA256}\nnot-a-hash\n"
     parsed = parse_hash_list(text, "provider")
-    assert parsed.digests["md5"] == [bytes.fromhex(MD5)]
-    assert parsed.digests["sha1"] == [bytes.fromhex(SHA1)]
-    assert parsed.digests["sha256"] == [bytes.fromhex(SHA256)]
+    assert parsed.of("md5") == [bytes.fromhex(MD5)]
+    assert parsed.of("sha1") == [bytes.fromhex(SHA1)]
+    assert parsed.of("sha256") == [bytes.fromhex(SHA256)]
     assert parsed.bad_lines == 1
     assert parsed.labels == ["provider"]
 
@@ -35,8 +35,8 @@ def test_a_plain_list_is_read_by_digest_length_with_comments_and_bad_lines_count
 def test_a_csv_list_names_its_columns_and_labels_each_row() -> None:
     text = f"md5,sha1,label,notes\n{MD5},,series-a,x\n,{SHA1},series-b,y\n"
     parsed = parse_hash_list(text, "csvlist")
-    assert parsed.digests["md5"] == [bytes.fromhex(MD5)] and parsed.digests["sha1"] == [bytes.fromhex(SHA1)]
-    rows = parsed.label_of["md5"] + parsed.label_of["sha1"]
+    assert parsed.of("md5") == [bytes.fromhex(MD5)] and parsed.of("sha1") == [bytes.fromhex(SHA1)]
+    rows = [*parsed.label_of["md5"], *parsed.label_of["sha1"]]
     assert [parsed.labels[i] for i in rows] == ["series-a", "series-b"]
 
 
@@ -44,9 +44,9 @@ def test_a_headerless_pdq_list_must_be_declared_because_pdq_and_sha256_have_the_
     assert split_spec("pdq:/lists/tx.txt") == ("pdq", "/lists/tx.txt")
     assert split_spec("/lists/plain.txt") == (None, "/lists/plain.txt")
     pdq = "ab" * 32
-    assert parse_hash_list(pdq, "tx", "pdq").digests["pdq"] == [bytes.fromhex(pdq)]
-    assert parse_hash_list(pdq, "plain").digests["sha256"] == [bytes.fromhex(pdq)]
-    assert parse_hash_list(f"pdq,label\n{pdq},tx-1\n", "tx").digests["pdq"] == [bytes.fromhex(pdq)]
+    assert parse_hash_list(pdq, "tx", "pdq").of("pdq") == [bytes.fromhex(pdq)]
+    assert parse_hash_list(pdq, "plain").of("sha256") == [bytes.fromhex(pdq)]
+    assert parse_hash_list(f"pdq,label\n{pdq},tx-1\n", "tx").of("pdq") == [bytes.fromhex(pdq)]
 
 
 def _digest(data: bytes, filename: str = "x.png", content_type: str = "image/png") -> ContentHash:
