@@ -15,6 +15,7 @@ import json
 import logging
 import mailbox
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -365,6 +366,10 @@ def _instant(ctx: click.Context, option: str, value: str | None) -> datetime | N
         ctx.exit(EX_USAGE)
 
 
+# MD5, SHA-1, SHA-256 or PDQ: 32, 40 or 64 hex digits.
+_DIGEST_RE = r"[0-9a-fA-F]{32}(?:[0-9a-fA-F]{8}|[0-9a-fA-F]{32})?"
+
+
 @cases.command("list")
 @with_config
 @click.option("--status", type=click.Choice(CASE_STATUSES), default=None)
@@ -375,6 +380,13 @@ def _instant(ctx: click.Context, option: str, value: str | None) -> datetime | N
 )
 @click.option("--indicator", default=None, help="URL, domain, IP or e-mail address (defanged is fine)")
 @click.option("--text", default=None, metavar="WORDS", help="full text of subjects and messages (all words)")
+@click.option(
+    "--hash",
+    "digest",
+    default=None,
+    metavar="HEX",
+    help="MD5, SHA-1, SHA-256 or PDQ of an attachment or of a file inside one",
+)
 @click.option("--since", default=None, help=f"updated since: {_TIME_HELP}")
 @click.option("--until", default=None, help=f"updated until: {_TIME_HELP}")
 @click.option("--limit", default=100, show_default=True, type=click.IntRange(min=1))
@@ -388,6 +400,7 @@ def cases_list(
     flag: str | None,
     indicator: str | None,
     text: str | None,
+    digest: str | None,
     since: str | None,
     until: str | None,
     limit: int,
@@ -407,6 +420,9 @@ def cases_list(
             ctx.exit(EX_USAGE)
         host = indicator_host(parsed) if parsed.kind in ("domain", "ipv4", "ipv6") else None
         host_or_value = (parsed.value, host)
+    if digest is not None and not re.fullmatch(_DIGEST_RE, digest.strip()):
+        _say(f"abuse-gateway: --hash {digest!r} is not 32, 40 or 64 hex digits", err=True)
+        ctx.exit(EX_USAGE)
     wanted = CaseFilter(
         status=status,
         kind=kind,
@@ -416,6 +432,7 @@ def cases_list(
         text=text,
         since=_instant(ctx, "--since", since),
         until=_instant(ctx, "--until", until),
+        digest=digest,
     )
     found = find_cases(store.engine, wanted, limit=limit)
     rows = found.rows

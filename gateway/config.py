@@ -201,9 +201,36 @@ CSAM_MIN_PRESERVE_DAYS = 365
 
 
 class CsamConfig(_Section):
+    """Child sexual abuse material (issue 19): how long a mark preserves a case, and the signals that mark
+    a case `possible_csam` (never `csam`: a person confirms)."""
+
     # How long a CSAM mark or possible-CSAM signal keeps a case from `purge`, from the moment it is placed.
     # Longer is allowed (a prosecutor's request); shorter is refused, whatever the operator writes.
     preserve_days: int = Field(default=CSAM_MIN_PRESERVE_DAYS, ge=CSAM_MIN_PRESERVE_DAYS)
+    # Wordings looked for in the subject and text of a person's report, *added* to the built-in ones
+    # (parsers/csam_terms.py: eight languages); a match is the signal `terms:custom`. Term syntax: a plain
+    # wording matched word-bounded, a trailing `*` for a stem. Adding is the default because a desk that
+    # replaces the list to add one local word would silently lose the other languages.
+    terms: tuple[str, ...] = ()
+    # false: only `terms` are looked for (a desk whose own list already covers what it needs).
+    default_terms: bool = True
+    # Local known-material lists (MD5, SHA-1, SHA-256: one hex per line, or CSV with a header naming the
+    # columns md5/sha1/sha256/pdq and label). A PDQ list without a header is named `pdq:/path`. Re-read
+    # on SIGHUP. Empty: no hash matching (attachments are still hashed and stored).
+    hash_lists: tuple[str, ...] = ()
+    # A PDQ hash within this Hamming distance (of 256 bits) matches: 31 is the threshold Meta publishes.
+    pdq_distance: int = Field(default=31, ge=0, le=128)
+
+    @field_validator("hash_lists")
+    @classmethod
+    def _lists_exist(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        from parsers.hash_lists import split_spec
+
+        for spec in value:
+            path = split_spec(spec)[1]
+            if not Path(path).is_file():
+                raise ValueError(f"{path!r} is not a readable file")
+        return value
 
 
 class LogConfig(_Section):
@@ -282,6 +309,8 @@ _LIST_OF = {
     "listen": "host:port strings",
     "addresses": "addresses (local@domain)",
     "old_secret_files": "file paths",
+    "hash_lists": "file paths",
+    "terms": "wordings (strings)",
 }
 
 

@@ -23,6 +23,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 
 from gateway import metrics
 from gateway.config import Config
+from gateway.known_material import CsamSignals
 from gateway.prepare import ParseFn, prepare
 from gateway.preparer import ProcessingTimeout, ProcessPreparer
 from gateway.threader import Threader
@@ -141,6 +142,7 @@ class IntakeWorker:
         self.batch = batch
         self.on_committed = on_committed
         self.on_failure = on_failure
+        self._csam: CsamSignals | None = None  # built at first use: `serve`'s own worker may never run
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._preparer = _Preparer()
@@ -149,6 +151,21 @@ class IntakeWorker:
             self._process = ProcessPreparer(
                 config.intake.prepare_memory_mb * 1024 * 1024, config.intake.max_text_chars, config.log.level
             )
+
+    @property
+    def csam(self) -> CsamSignals:
+        """The term list and the hash index, loaded when first needed: in `process` mode the listener's
+        own worker never prepares, and must not hold hundreds of MB of index it never reads."""
+        if self._csam is None:
+            self._csam = CsamSignals.from_config(self.config.csam)
+        return self._csam
+
+    def use_config(self, config: Config) -> None:
+        """SIGHUP in `thread` mode: the new configuration; its term list and hash lists are re-read."""
+        self.config = config
+        if self._csam is not None:
+            self._csam = None
+            self._csam = CsamSignals.from_config(config.csam)
 
     def close(self) -> None:
         if self._process is not None:
@@ -204,7 +221,8 @@ class IntakeWorker:
             if isinstance(outcome, PreparedMessage):
                 ms = (time.monotonic() - started) * 1000
                 log.debug("prepared: inbox_id=%d ms=%.1f", entry.inbox_id, ms)
-                yield outcome
+                # Signals need the hash index, which lives here, not in the bounded preparation child.
+                yield self.csam.apply(outcome)
                 started = time.monotonic()  # a commit in between is not the next message's preparation
                 continue
             error = type(outcome).__name__

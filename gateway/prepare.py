@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 
 from parsers.auto import classify
 from parsers.bounce import embedded_texts, returned_message_ids
+from parsers.content_hashes import content_hashes
 from parsers.defang import defang
 from parsers.escape import escape_text
 from parsers.forward import ForwardedMessage, forwarded_messages
@@ -160,6 +161,8 @@ def prepare(
     if any(name.lower().startswith(_OUR_HEADER_PREFIX) for name, _ in parsed.headers):
         flags.append("untrusted_gateway_headers")
     subject, text = defang(parsed.subject), defang(parsed.text)
+    # Hashed here, in the bounded child (a hostile image can only kill it); matched in the worker (issue 19).
+    hashes = content_hashes(tree) if parsed.attachments else None
     return PreparedMessage(
         entry=entry,
         parsed=parsed,
@@ -172,11 +175,12 @@ def prepare(
         ),
         indicators=_indicators(subject.indicators + text.indicators, parsed, report, forwards),
         report=_report_fields(report) if report is not None else None,
-        defects=parsed.defects,
+        defects=(*parsed.defects, *hashes.defects) if hashes else parsed.defects,
         flags=tuple(flags),
         group_key=_group_key(report),
         returned_message_ids=returned_message_ids(tree) if classification.kind == "automatic" else (),
         embedded_texts=embedded_texts(tree) if _has_embedded_message(parsed) else (),
         evidence=tuple(_evidence(f) for f in forwards),
         csam=report is not None and is_csam(report),
+        content_hashes=hashes,
     )

@@ -185,7 +185,7 @@ class Service:
                 log.warning("reload: %s changed; it takes effect on restart", name)
         self.config = new
         self.handler.config, self.handler.tls = new, tls
-        self.worker.config = new
+        self.worker.use_config(new)  # its hash lists re-read too (issue 19)
         if self.intake_process is not None:
             self.intake_process.reload()
         if self.listeners is not None:

@@ -94,3 +94,38 @@ class MachineReport:
     domains: tuple[str, ...] = ()
     urls: tuple[str, ...] = ()
     original_headers: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ContentHash:
+    """The digests of one blob of bytes; `pdq` only for a decodable image."""
+
+    sha256: str
+    md5: str
+    sha1: str
+    size: int
+    pdq: str | None = None  # 64 hex digits
+    pdq_quality: int | None = None  # 0–100; PDQ's own confidence in the hash
+
+
+@dataclass(frozen=True, slots=True)
+class NestedHash:
+    """Something inside an attachment: a ZIP member or a part of an attached message.
+
+    `parent_sha256` is the SHA-256 of the top-level attachment it was found in (the store's attachment row);
+    `path` says where inside it, e.g. `zip:photos/a.jpg` or `rfc822:2/zip:x.png`.
+    """
+
+    parent_sha256: str
+    path: str
+    hashes: ContentHash
+
+
+@dataclass(frozen=True, slots=True)
+class ContentHashes:
+    attachments: tuple[ContentHash, ...] = ()
+    nested: tuple[NestedHash, ...] = ()
+    defects: tuple[str, ...] = ()
+
+    def all(self) -> list[ContentHash]:
+        return [*self.attachments, *(n.hashes for n in self.nested)]

@@ -13,7 +13,16 @@ from sqlmodel import Session, select
 
 from storage import csam
 from storage.links import links_view
-from storage.models import AttachmentRow, Case, CaseEvent, InboxEntry, IndicatorRow, Message, OutboxRow
+from storage.models import (
+    AttachmentItemRow,
+    AttachmentRow,
+    Case,
+    CaseEvent,
+    InboxEntry,
+    IndicatorRow,
+    Message,
+    OutboxRow,
+)
 from storage.outbox import _outbox_view
 from storage.search import CaseFilter, find_cases, summary
 from storage.util import _iso, _now, _scalar
@@ -48,6 +57,16 @@ class Desk:
             rows = session.exec(
                 select(AttachmentRow).where(AttachmentRow.message_pk.in_([m.id for m in messages]))
             ).all()
+            inside: dict[int, list[dict[str, Any]]] = {}
+            if rows:
+                for item in session.exec(
+                    select(AttachmentItemRow)
+                    .where(AttachmentItemRow.attachment_pk.in_([att.id for att in rows]))
+                    .order_by(AttachmentItemRow.id)
+                ).all():
+                    inside.setdefault(item.attachment_pk, []).append(
+                        {k: getattr(item, k) for k in ("path", "size", "sha256", "md5", "sha1", "pdq")}
+                    )
             for att in rows:
                 attachments.setdefault(att.message_pk, []).append(
                     {
@@ -55,6 +74,10 @@ class Desk:
                         "content_type": att.content_type,
                         "size": att.size,
                         "sha256": att.sha256,
+                        "md5": att.md5,
+                        "sha1": att.sha1,
+                        "pdq": att.pdq,
+                        "contents": inside.get(att.id or 0, []),  # ZIP members, parts of attached messages
                     }
                 )
         envelopes = {

@@ -17,11 +17,20 @@ from typing import Any
 from sqlalchemy import Engine, func, insert, update
 from sqlmodel import Session, select
 
-from parsers.types import Attachment, Indicator
+from parsers.types import Attachment, ContentHashes, Indicator
 from storage import csam
 from storage.links import follow_merges, link_same_reporter
 from storage.lookups import _SessionLookup
-from storage.models import AttachmentRow, Case, CaseEvent, InboxEntry, IndicatorRow, Message, OutboxRow
+from storage.models import (
+    AttachmentItemRow,
+    AttachmentRow,
+    Case,
+    CaseEvent,
+    InboxEntry,
+    IndicatorRow,
+    Message,
+    OutboxRow,
+)
 from storage.records import Committed, PreparedMessage, Resolver, ThreadDecision
 from storage.util import _now
 
@@ -220,7 +229,9 @@ class IntakeCommit:
                 evidence=list(item.evidence) or None,
             ),
         ).scalar_one()
-        self._add_attachments(session, message_pk, parsed.attachments, item.escaped_filenames)
+        self._add_attachments(
+            session, message_pk, parsed.attachments, item.escaped_filenames, item.content_hashes
+        )
         batch.add_indicators(session, case_pk, item.indicators, new_case=opened)
         # -- issue 19: CSAM marks and signals, with their preservation, in the intake transaction --
         if item.csam or item.csam_signals:
@@ -296,12 +307,15 @@ class IntakeCommit:
         message_pk: int | None,
         attachments: Sequence[Attachment],
         escaped: Sequence[str | None],
+        hashes: ContentHashes | None = None,
     ) -> None:
         if not attachments:
             return
-        session.execute(
-            insert(AttachmentRow.__table__),
-            [
+        digests = {h.sha256: h for h in hashes.attachments} if hashes is not None else {}
+        rows = []
+        for position, attachment in enumerate(attachments):
+            digest = digests.get(attachment.sha256)
+            rows.append(
                 {
                     "message_pk": message_pk,
                     "filename": attachment.filename,
@@ -309,7 +323,35 @@ class IntakeCommit:
                     "content_type": attachment.content_type,
                     "size": attachment.size,
                     "sha256": attachment.sha256,
+                    "md5": digest.md5 if digest else None,
+                    "sha1": digest.sha1 if digest else None,
+                    "pdq": digest.pdq if digest else None,
                 }
-                for position, attachment in enumerate(attachments)
-            ],
-        )
+            )
+        if hashes is None or not hashes.nested:
+            session.execute(insert(AttachmentRow.__table__), rows)
+            return
+        ids = session.execute(
+            insert(AttachmentRow.__table__).returning(
+                AttachmentRow.__table__.c.id, sort_by_parameter_order=True
+            ),
+            rows,
+        ).scalars().all()
+        first_pk: dict[str, int] = {}
+        for row, pk in zip(rows, ids, strict=True):
+            first_pk.setdefault(row["sha256"], pk)
+        items = [
+            {
+                "attachment_pk": first_pk[n.parent_sha256],
+                "path": n.path,
+                "size": n.hashes.size,
+                "sha256": n.hashes.sha256,
+                "md5": n.hashes.md5,
+                "sha1": n.hashes.sha1,
+                "pdq": n.hashes.pdq,
+            }
+            for n in hashes.nested
+            if n.parent_sha256 in first_pk
+        ]
+        if items:
+            session.execute(insert(AttachmentItemRow.__table__), items)

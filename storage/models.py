@@ -131,7 +131,28 @@ class AttachmentRow(SQLModel, table=True):
     escaped_filename: str | None = None
     content_type: str
     size: int
-    sha256: str = Field(max_length=64)
+    # Indexed: `cases list --hash` finds a case by any digest of its files (issue 19).
+    sha256: str = Field(max_length=64, index=True)
+    md5: str | None = Field(default=None, max_length=32, index=True)
+    sha1: str | None = Field(default=None, max_length=40, index=True)
+    pdq: str | None = Field(default=None, max_length=64, index=True)  # images only, hex MSB first
+
+
+class AttachmentItemRow(SQLModel, table=True):
+    """Something inside an attachment: a ZIP member or a part of an attached message, by its digests.
+
+    Rows go with their attachment (ON DELETE CASCADE: purge and reprocess delete attachments only)."""
+
+    __tablename__ = "attachment_items"
+
+    id: int | None = Field(default=None, primary_key=True)
+    attachment_pk: int = Field(foreign_key="attachments.id", index=True, ondelete="CASCADE")
+    path: str  # e.g. `zip:photos/a.jpg`, `rfc822:2/zip:x.png`
+    size: int
+    sha256: str = Field(max_length=64, index=True)
+    md5: str = Field(max_length=32, index=True)
+    sha1: str = Field(max_length=40, index=True)
+    pdq: str | None = Field(default=None, max_length=64, index=True)
 
 
 class IndicatorRow(SQLModel, table=True):

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from parsers.types import Indicator, ParsedMessage
+from parsers.types import ContentHashes, Indicator, ParsedMessage
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +46,7 @@ class PreparedMessage:
     csam: bool = False  # a report of child sexual abuse material: the case is kept at least 365 days
     # sources of a possible-CSAM signal: terms:<lang>, hash_match:<label>:<alg>:<distance>
     csam_signals: tuple[str, ...] = ()
+    content_hashes: ContentHashes | None = None  # digests of the attachments and what is inside (issue 19)
 
 
 @dataclass(frozen=True, slots=True)

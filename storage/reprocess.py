@@ -80,7 +80,9 @@ class Reprocess:
                 select(AttachmentRow).where(AttachmentRow.message_pk == message_pk)
             ).all():
                 session.delete(old)
-            self._add_attachments(session, message_pk, parsed.attachments, item.escaped_filenames)
+            self._add_attachments(
+                session, message_pk, parsed.attachments, item.escaped_filenames, item.content_hashes
+            )
             rows = _BatchRows()
             rows.add_indicators(session, message.case_pk, item.indicators, new_case=False)
             rows.insert(session)

@@ -22,7 +22,7 @@ from sqlalchemy import Engine, String, and_, cast, exists, func, literal_column,
 from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import Session, select
 
-from storage.models import Case, IndicatorRow, Message
+from storage.models import AttachmentItemRow, AttachmentRow, Case, IndicatorRow, Message
 
 # The statuses and kinds a filter may name; anything else is a usage error, never an empty list.
 CASE_STATUSES = ("open", "closed", "merged")
@@ -73,6 +73,7 @@ class CaseFilter:
     text: str | None = None
     since: datetime | None = None  # by last activity (updated_at), as `cases export --since`
     until: datetime | None = None
+    digest: str | None = None  # MD5, SHA-1, SHA-256 or PDQ hex of an attachment or of something inside one
 
 
 def refang(query: str) -> str:
@@ -128,7 +129,26 @@ def _conditions(engine: Engine, wanted: CaseFilter) -> list[ColumnElement[bool]]
         where.append(Case.id.in_(select(IndicatorRow.case_pk).where(or_(*found))))
     if wanted.text and wanted.text.strip():
         where.append(Case.id.in_(_text_matches(engine, wanted.text)))
+    if wanted.digest is not None:
+        where.append(Case.id.in_(_digest_matches(wanted.digest)))
     return where
+
+
+# Which columns a digest of this many hex digits can be in (64: SHA-256 or PDQ), each read off its index.
+_DIGEST_COLUMNS = {32: ("md5",), 40: ("sha1",), 64: ("sha256", "pdq")}
+
+
+def _digest_matches(digest: str) -> Any:
+    """Cases with an attachment, or something inside one, whose digest is exactly `digest` (issue 19)."""
+    value = digest.strip().lower()
+    columns = _DIGEST_COLUMNS.get(len(value), ())
+    if not columns:
+        columns = ("sha256",)  # matches nothing: no digest is that long
+    direct = or_(*(getattr(AttachmentRow, c) == value for c in columns))
+    nested = or_(*(getattr(AttachmentItemRow, c) == value for c in columns))
+    inside = select(AttachmentItemRow.attachment_pk).where(nested)
+    holding = select(AttachmentRow.message_pk).where(or_(direct, AttachmentRow.id.in_(inside)))
+    return select(Message.case_pk).where(Message.id.in_(holding))
 
 
 def _subdomains_of(engine: Engine, host: str) -> ColumnElement[bool]:
