@@ -483,7 +483,7 @@ def _reason_text(ctx: click.Context, reason: str | None) -> str | None:
 def _compartment_gate(ctx: click.Context, case_id: str, reason: str | None, what: str) -> bool:
     """True when the case is in the CSAM compartment (so the view is recorded as `viewed`). Refuses (exit 2)
     a view of such a case without a reason; exit 1 for an unknown case (issue 19, point 5)."""
-    from storage.csam import in_compartment
+    from storage.csam_views import in_compartment
 
     marked = in_compartment(_store(ctx).engine, case_id)
     if marked is None:
@@ -502,7 +502,7 @@ def _compartment_gate(ctx: click.Context, case_id: str, reason: str | None, what
 def _show_metadata(view: dict[str, Any], as_json: bool) -> None:
     """Status, dates, counts, hashes and flags: nothing a sender wrote, so no reason is asked."""
     from gateway.wording import csam_words
-    from storage.csam import HASH_KEYS, metadata_view
+    from storage.csam_views import HASH_KEYS, metadata_view
 
     meta = metadata_view(view)
     if as_json:
@@ -552,7 +552,7 @@ def cases_show(ctx: click.Context, case_id: str, as_json: bool, metadata: bool, 
         _show_metadata(view, as_json)
         return
     if _compartment_gate(ctx, case_id, reason, "cases show"):
-        from storage.csam import record_view
+        from storage.csam_views import record_view
 
         record_view(_store(ctx).engine, _unix_user(), case_id, "show", reason)
     else:
@@ -650,7 +650,7 @@ def cases_raw(ctx: click.Context, case_id: str, index: int, force: bool, reason:
         _say(f"abuse-gateway: no message {index} in case {case_id}", err=True)
         ctx.exit(EX_NOTFOUND)
     if marked:
-        from storage.csam import record_view
+        from storage.csam_views import record_view
 
         record_view(_store(ctx).engine, _unix_user(), case_id, "raw", reason, message_index=index)
     else:
@@ -681,7 +681,7 @@ def cases_export(ctx: click.Context, since: str | None, include_csam: bool, reas
     if include_csam and reason is None:
         _say("abuse-gateway: --include-csam needs --reason TEXT (recorded with your name)", err=True)
         ctx.exit(EX_USAGE)
-    from storage.csam import metadata_view, record_view
+    from storage.csam_views import metadata_view, record_view
 
     store = _store(ctx)
     actor = _unix_user()
@@ -815,7 +815,7 @@ def cases_attachment(
     import stat
 
     from parsers.payloads import attachment_payloads
-    from storage.csam import record_view
+    from storage.csam_views import record_view
 
     case_id = _case_arg(ctx, case_id)
     reason = _reason_text(ctx, reason)
@@ -998,7 +998,7 @@ def audit_list(ctx: click.Context, case_id: str | None, as_json: bool) -> None:
     marked or cleared it, who read its raw bytes.
     """
     if case_id is not None:
-        from storage.csam import audit_for_case
+        from storage.csam_views import audit_for_case
 
         rows = audit_for_case(_store(ctx).engine, _case_arg(ctx, case_id))
     else:

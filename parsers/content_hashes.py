@@ -138,18 +138,25 @@ class _Walk:
             return
         number = 0
         for inner in messages:
-            for leaf_type, leaf in self.leaves(inner):
+            for leaf_type, leaf, part in self.leaves(inner):
                 number += 1
                 if leaf_type not in ("text/plain", "text/html"):
-                    self.add(leaf, leaf_type, parent, f"{path}rfc822:{number}", depth + 1)
+                    self.add(leaf, leaf_type, parent, f"{path}rfc822:{number}", depth + 1, part)
 
-    def add(self, data: bytes, ctype: str, parent: str, path: str, depth: int) -> None:
+    def add(
+        self, data: bytes, ctype: str, parent: str, path: str, depth: int, part: Message | None = None
+    ) -> None:
         self.nested.append(NestedHash(parent, path, hash_bytes(data, self.defects)))
-        self.inside(data, ctype, parent, path + "/", depth)
+        inner = part.get_payload() if part is not None and ctype.startswith("message/") else None
+        if isinstance(inner, list):  # an attached message already parsed with its parent: not again
+            self.inside_messages([m for m in inner if isinstance(m, Message)], parent, path + "/", depth)
+        else:
+            self.inside(data, ctype, parent, path + "/", depth)
 
-    def leaves(self, root: Message) -> list[tuple[str, bytes]]:
-        """(content type, bytes) of each leaf, in document order, iteratively (the stdlib's walk recurses)."""
-        found: list[tuple[str, bytes]] = []
+    def leaves(self, root: Message) -> list[tuple[str, bytes, Message]]:
+        """(content type, bytes, part) of each leaf, in document order, iteratively (the stdlib's walk
+        recurses)."""
+        found: list[tuple[str, bytes, Message]] = []
         stack = [root]
         while stack:
             part = stack.pop()
@@ -164,12 +171,12 @@ class _Walk:
                 self.defects.append(f"hash_error: {type(exc).__name__}")
                 continue
             if ctype.startswith("message/"):
-                found.append((ctype, _message_bytes(part)))
+                found.append((ctype, _message_bytes(part), part))
             elif isinstance(payload, list):
                 stack.extend(p for p in reversed(payload) if isinstance(p, Message))
             else:
                 data = part.get_payload(decode=True)
-                found.append((ctype, data if isinstance(data, bytes) else b""))
+                found.append((ctype, data if isinstance(data, bytes) else b"", part))
         return found
 
     def zip_members(self, data: bytes, parent: str, path: str, depth: int) -> None:

@@ -11,7 +11,7 @@ from sqlalchemy import Engine, func
 from sqlalchemy.orm import defer
 from sqlmodel import Session, select
 
-from storage import csam
+from storage import csam_views
 from storage.links import links_view
 from storage.models import (
     AttachmentItemRow,
@@ -144,7 +144,7 @@ class Desk:
                 "events": [{"at": _iso(at), "kind": k, "detail": d} for at, k, d in events],
             }
         )
-        csam.decorate_case_view(session, case, view, [m.id or 0 for m in messages])  # issue 19
+        csam_views.decorate_case_view(session, case, view, [m.id or 0 for m in messages])  # issue 19
         return view
 
     def export_cases(self, since: datetime | None = None) -> Iterator[dict[str, Any]]:

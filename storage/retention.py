@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import Engine, and_, or_, update
 from sqlmodel import Session, select
 
-from storage import csam
+from storage import csam, csam_views
 from storage.models import (
     AttachmentRow,
     AuditEvent,
@@ -124,4 +124,4 @@ class Retention:
         with Session(self.engine) as session:
             rows = session.exec(select(AuditEvent).order_by(AuditEvent.id.desc()).limit(limit))
             # issue 19: with case, message, attachment, reason
-            return [csam.audit_row(r) for r in rows]
+            return [csam_views.audit_row(r) for r in rows]
