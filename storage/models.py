@@ -179,6 +179,9 @@ class OutboxRow(SQLModel, table=True):
     """A confirmation, queued in the same transaction as the case it confirms."""
 
     __tablename__ = "outbox"
+    # The per-network cap counts this network's confirmations of the last hour for every message that asks
+    # for one: without this index that count read the whole outbox (issue 18).
+    __table_args__ = (Index("ix_outbox_client_net_created", "client_net", "created_at"),)
 
     id: int | None = Field(default=None, primary_key=True)
     case_pk: int = Field(foreign_key="cases.id", index=True)
