@@ -2,7 +2,7 @@
 
 Store, casework, engine, inbox, spool, threader, SMTP handler, intake and confirmation workers: each
 process of `serve` (the parent in gateway/service.py, the intake children in gateway/intake_process.py,
-the listener children in gateway/listeners.py) and each CLI command (gateway/cli.py) asks this module for
+the listener children in gateway/listeners.py) and each CLI command (gateway/cli/) asks this module for
 the parts it runs, so that they are wired the same way everywhere (the case prefix, the related-case
 window, the commit budget, the token keys) and so that no process module has to import another to borrow
 its factories. That borrowing was an import cycle (service → intake_process → service, lazily) until

@@ -4,7 +4,7 @@ Parse, bound, classify, find forwards and machine reports, escape (defang), coll
 a `PreparedMessage` out, no store, no network, no clock. Its own module so that every caller takes it from
 one place without importing the others: the intake worker's thread (gateway/intake.py), the killable
 preparation child (gateway/preparer.py, which must not import the worker that owns it) and the CLI's
-`reprocess` and split re-indexing (gateway/cli.py). Imports nothing of gateway/.
+`reprocess` and split re-indexing (gateway/cli/). Imports nothing of gateway/.
 """
 
 from __future__ import annotations

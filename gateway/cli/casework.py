@@ -1,0 +1,153 @@
+"""Changing a case by hand: status (`close`, `reopen`), legal hold (`hold`, `release`), and moving
+messages between cases (`merge`, `unmerge`, `split`, `unsplit`), each audited and each undoable."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from gateway.cli.common import (
+    EX_NOTFOUND,
+    EX_USAGE,
+    _case_arg,
+    _config,
+    _say,
+    _store,
+    _unix_user,
+    cases,
+    with_config,
+)
+
+
+@cases.command("close")
+@with_config
+@click.argument("case_id")
+@click.pass_context
+def cases_close(ctx: click.Context, case_id: str) -> None:
+    """Close a case (a later message reopens it)."""
+    case_id = _case_arg(ctx, case_id)
+    if not _store(ctx).set_status(case_id, "closed", f"by {_unix_user()}"):
+        _say(f"abuse-gateway: no case {case_id}", err=True)
+        ctx.exit(EX_NOTFOUND)
+    _say(f"{case_id.upper()} closed")
+
+
+@cases.command("reopen")
+@with_config
+@click.argument("case_id")
+@click.pass_context
+def cases_reopen(ctx: click.Context, case_id: str) -> None:
+    """Reopen a closed case."""
+    case_id = _case_arg(ctx, case_id)
+    if not _store(ctx).set_status(case_id, "open", f"by {_unix_user()}"):
+        _say(f"abuse-gateway: no case {case_id}", err=True)
+        ctx.exit(EX_NOTFOUND)
+    _say(f"{case_id.upper()} open")
+
+
+@cases.command("hold")
+@with_config
+@click.argument("case_id")
+@click.pass_context
+def cases_hold(ctx: click.Context, case_id: str) -> None:
+    """Put a case on legal hold: `purge` never removes it."""
+    case_id = _case_arg(ctx, case_id)
+    if not _store(ctx).set_hold(case_id, True, _unix_user()):
+        _say(f"abuse-gateway: no case {case_id}", err=True)
+        ctx.exit(EX_NOTFOUND)
+    _say(f"{case_id.upper()} on hold")
+
+
+@cases.command("release")
+@with_config
+@click.argument("case_id")
+@click.pass_context
+def cases_release(ctx: click.Context, case_id: str) -> None:
+    """Release a case from hold."""
+    case_id = _case_arg(ctx, case_id)
+    if not _store(ctx).set_hold(case_id, False, _unix_user()):
+        _say(f"abuse-gateway: no case {case_id}", err=True)
+        ctx.exit(EX_NOTFOUND)
+    _say(f"{case_id.upper()} released")
+
+
+def _casework(ctx: click.Context) -> Any:
+    from gateway.assembly import build_casework
+
+    return build_casework(_config(ctx))
+
+
+def _case_move(ctx: click.Context, action: Callable[[Any], Any]) -> Any:
+    """Run one merge/split operation; a refusal is a usage error in words, never a traceback."""
+    from storage.casework import CaseWorkError
+
+    try:
+        return action(_casework(ctx))
+    except CaseWorkError as exc:
+        click.echo(f"abuse-gateway: {exc}", err=True)
+        ctx.exit(EX_NOTFOUND if str(exc).startswith("no ") else EX_USAGE)
+
+
+def _reindex(ctx: click.Context, case_id: str) -> None:
+    """Index the indicators of a case that received messages by a split: they are derived from the
+    messages, so they are derived again (the raw bytes are read, never changed)."""
+    from gateway.prepare import prepare
+
+    store = _store(ctx)
+    for message_pk, entry in store.messages_for_reprocess(failed_only=False, case_id=case_id):
+        with contextlib.suppress(Exception):
+            store.update_reprocessed(message_pk, prepare(entry))
+
+
+@cases.command("merge")
+@with_config
+@click.argument("case_id")
+@click.argument("into_case")
+@click.pass_context
+def cases_merge(ctx: click.Context, case_id: str, into_case: str) -> None:
+    """Move every message of CASE into INTO_CASE (audited; `cases unmerge CASE` undoes it).
+
+    CASE keeps its ID, with status `merged`: mail naming it joins INTO_CASE. Raw evidence is untouched.
+    """
+    case_id = _case_arg(ctx, case_id)
+    into_case = _case_arg(ctx, into_case)
+    result = _case_move(ctx, lambda work: work.merge(case_id, into_case, _unix_user()))
+    click.echo(f"{result.source} merged into {result.target} ({result.messages} message(s))")
+
+
+@cases.command("unmerge")
+@with_config
+@click.argument("case_id")
+@click.pass_context
+def cases_unmerge(ctx: click.Context, case_id: str) -> None:
+    """Undo the latest merge of CASE: its messages go back to it, at their old numbers."""
+    case_id = _case_arg(ctx, case_id)
+    result = _case_move(ctx, lambda work: work.unmerge(case_id, _unix_user()))
+    click.echo(f"{result.source} unmerged from {result.target} ({result.messages} message(s))")
+
+
+@cases.command("split")
+@with_config
+@click.argument("case_id")
+@click.argument("index", type=int)
+@click.pass_context
+def cases_split(ctx: click.Context, case_id: str, index: int) -> None:
+    """Move message INDEX of CASE into a new case of its own (audited; `cases unsplit NEW` undoes it)."""
+    case_id = _case_arg(ctx, case_id)
+    result = _case_move(ctx, lambda work: work.split(case_id, index, _unix_user()))
+    _reindex(ctx, result.target)
+    click.echo(f"message {index} of {result.source} is now {result.target}")
+
+
+@cases.command("unsplit")
+@with_config
+@click.argument("case_id")
+@click.pass_context
+def cases_unsplit(ctx: click.Context, case_id: str) -> None:
+    """Undo the split that made CASE: its message goes back to where it was."""
+    case_id = _case_arg(ctx, case_id)
+    result = _case_move(ctx, lambda work: work.unsplit(case_id, _unix_user()))
+    click.echo(f"{result.source} returned to {result.target} ({result.messages} message(s))")
