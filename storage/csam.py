@@ -20,34 +20,20 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine, and_, insert, or_, select, update
 from sqlalchemy.orm import Session, object_session
 
 from storage.models import AuditEvent, Case, CaseEvent, CsamMark, Message
+from storage.util import _aware, _now
 
 CSAM, POSSIBLE = "csam", "possible_csam"
 DEFAULT_PRESERVE = timedelta(days=365)
 # Attachment keys that are digests of the bytes (shown by `cases show --metadata`); whichever the store has.
 class CsamError(Exception):
     """A request the compartment refuses (no such case, nothing to clear); the message says why."""
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value
-
-
-def _iso(value: datetime | None) -> str | None:
-    value = _aware(value)
-    return value.isoformat() if value is not None else None
 
 
 def _preserves(mark: CsamMark | Any) -> bool:

@@ -15,8 +15,9 @@ from typing import Any
 from sqlalchemy import Engine, or_, select
 from sqlalchemy.orm import Session
 
-from storage.csam import CSAM, POSSIBLE, CsamError, _case, _iso
+from storage.csam import CSAM, POSSIBLE, CsamError, _case
 from storage.models import AuditEvent, Case, CsamMark, Message
+from storage.util import _iso
 
 HASH_KEYS = ("md5", "sha1", "sha256", "pdq", "pdq_quality")
 # How a view reached an attachment's bytes: the attachment itself, or the whole raw message that holds it.
