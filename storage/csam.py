@@ -117,18 +117,20 @@ def mark(engine: Engine, case_id: str, actor: str, reason: str, preserve: timede
         )
         session.flush()
         until = recompute(session, case.id)
-        session.add(CaseEvent(case_pk=case.id, at=now, kind="csam_marked", detail=f"by {actor}"))
-        session.add(
-            AuditEvent(
-                at=now,
-                actor=actor,
-                action="csam_mark",
-                target=case.case_id,
-                case_id=case.case_id,
-                reason=reason,
-            )
-        )
+        _record(session, case, now, actor, reason, "csam_marked", "csam_mark")
         return MarkResult(case.case_id, until)
+
+
+def _record(
+    session: Session, case: Case, now: datetime, actor: str, reason: str, event: str, action: str
+) -> None:
+    """A desk decision on a case's marks: in its history (who) and in the audit trail (who and why)."""
+    session.add(CaseEvent(case_pk=case.id, at=now, kind=event, detail=f"by {actor}"))
+    session.add(
+        AuditEvent(
+            at=now, actor=actor, action=action, target=case.case_id, case_id=case.case_id, reason=reason
+        )
+    )
 
 
 def clear_marks(engine: Engine, case_id: str, actor: str, reason: str) -> MarkResult:
@@ -147,17 +149,7 @@ def clear_marks(engine: Engine, case_id: str, actor: str, reason: str) -> MarkRe
         if not cleared:
             raise CsamError(f"{case.case_id} has no CSAM mark or signal to clear")
         until = recompute(session, case.id)
-        session.add(CaseEvent(case_pk=case.id, at=now, kind="csam_cleared", detail=f"by {actor}"))
-        session.add(
-            AuditEvent(
-                at=now,
-                actor=actor,
-                action="csam_clear",
-                target=case.case_id,
-                case_id=case.case_id,
-                reason=reason,
-            )
-        )
+        _record(session, case, now, actor, reason, "csam_cleared", "csam_clear")
         return MarkResult(case.case_id, until, cleared)
 
 
