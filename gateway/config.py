@@ -157,6 +157,11 @@ class ConfirmConfig(_Section):
     old_secret_files: tuple[str, ...] = ()
     # Only {case_id} may appear: a confirmation never carries text from the report (issue 4).
     subject_template: str = "[{case_id}] We received your report"
+    # The language of confirmations when the report gives no usable clue (issue 21).
+    default_language: str = "en"
+
+    # Confirm only senders SPF or an aligned DKIM signature vouches for (issue 22); no backscatter.
+    require_authenticated: bool = True
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -233,6 +238,60 @@ class CsamConfig(_Section):
         return value
 
 
+class WebConfig(_Section):
+    """The desk (`abuse-gateway web`, issue 20): staff only, never inside the SMTP process."""
+
+    listen: str = "127.0.0.1:8025"
+
+
+# --- the desk's keys end here ---
+
+
+class StatusConfig(_Section):
+    """The reporters' status page (`abuse-gateway status-page`, issue 21): Internet-facing, no content."""
+
+    listen: str = "127.0.0.1:8026"
+
+
+# --- the status page's keys end here ---
+
+
+class ReplyConfig(_Section):
+    """Answers from the desk to reporters (`cases reply`, issue 21)."""
+
+    templates_dir: str | None = None
+
+
+# --- the reply keys end here ---
+
+
+class DkimConfig(_Section):
+    """Signing of every outbound message (issue 22)."""
+
+    selector: str | None = None
+
+
+# --- the dkim keys end here ---
+
+
+class AuthConfig(_Section):
+    """SPF, DKIM and DMARC checks of inbound mail, in intake (issue 22)."""
+
+    trusted_authserv_ids: tuple[str, ...] = ()
+
+
+# --- the auth keys end here ---
+
+
+class DnsConfig(_Section):
+    """The resolver the authentication checks ask (issue 22); empty means the system's."""
+
+    nameservers: tuple[str, ...] = ()
+
+
+# --- the dns keys end here ---
+
+
 class LogConfig(_Section):
     level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
 
@@ -245,6 +304,12 @@ class Config(_Section):
     log: LogConfig = LogConfig()
     metrics: MetricsConfig = MetricsConfig()
     csam: CsamConfig = CsamConfig()
+    web: WebConfig = WebConfig()
+    status: StatusConfig = StatusConfig()
+    reply: ReplyConfig = ReplyConfig()
+    dkim: DkimConfig = DkimConfig()
+    auth: AuthConfig = AuthConfig()
+    dns: DnsConfig = DnsConfig()
     source: str | None = None  # the file it came from, for check-config
 
     def accepts_recipient(self, address: str) -> bool:
@@ -264,6 +329,12 @@ _SECTIONS: dict[str, type[_Section]] = {
     "log": LogConfig,
     "metrics": MetricsConfig,
     "csam": CsamConfig,
+    "web": WebConfig,
+    "status": StatusConfig,
+    "reply": ReplyConfig,
+    "dkim": DkimConfig,
+    "auth": AuthConfig,
+    "dns": DnsConfig,
 }
 
 
