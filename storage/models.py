@@ -98,6 +98,14 @@ class Case(SQLModel, table=True):
         Index("ix_cases_created_id", "created_at", "id"),
         Index("ix_cases_status_created", "status", "created_at", "id"),
         Index("ix_cases_assignee_created", "assignee", "created_at", "id"),
+        # The few cases in the CSAM compartment, for the queue's flag filter (issue 20, storage/search.py).
+        Index("ix_cases_csam", "id", sqlite_where=sql_text("csam"), postgresql_where=sql_text("csam")),
+        Index(
+            "ix_cases_possible_csam",
+            "id",
+            sqlite_where=sql_text("possible_csam"),
+            postgresql_where=sql_text("possible_csam"),
+        ),
     )
 
 
