@@ -119,7 +119,7 @@ def shapes(store: Any, n: int, queries: int) -> dict[str, Shape]:
         assert store.desk.queue(kind="machine_report").rows
 
     def search_text(i: int) -> None:
-        assert find_cases(engine, CaseFilter(text=f"login-{picks[i % len(picks)]}")).rows
+        assert find_cases(engine, CaseFilter(text=f"login-{picks[i % len(picks)]}.bad.example")).rows
 
     def search_indicator(i: int) -> None:
         host = f"bad{picks[i % len(picks)] % 977}.example"
