@@ -346,3 +346,13 @@ def test_sso_only_user_has_no_password_and_rehash_keeps_sessions(cli_config: Pat
     store.users.rehash("sso.person@corp.example", hash_password(GOOD))
     assert store.users.session(token) is not None
     store.engine.dispose()
+
+
+def test_purge_removes_a_closed_case_with_notes(cli_config: Path, tmp_path: Path) -> None:
+    case_id = _ingest(cli_config)
+    run_cli(cli_config, "cases", "note", case_id, input=b"checked, nothing to do")
+    run_cli(cli_config, "cases", "close", case_id)
+    store = _store(cli_config)
+    assert store.purge(timedelta(0), "tester") == [case_id]
+    assert store.show_case(case_id) is None
+    store.engine.dispose()
