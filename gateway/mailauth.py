@@ -149,16 +149,21 @@ class Checker:
         for index in range(min(count, self.max_signatures)):
             before = len(lookups.temporary)
             domain = selector = ""
+            verifier.domain = verifier.selector = None
             try:
                 ok = verifier.verify(idx=index, dnsfunc=lookups.dkim_txt)
-                domain = verifier.domain.decode("ascii", "replace") if verifier.domain else ""
-                selector = verifier.selector.decode("ascii", "replace") if verifier.selector else ""
                 result = "pass" if ok else "temperror" if len(lookups.temporary) > before else "fail"
-            except dkim.DKIMException:
+            except dkim.ValidationError:  # the body hash or the signature does not match
+                result = "fail"
+            except dkim.DKIMException:  # a signature or key we cannot read
                 result = "permerror"
             except Exception as exc:
                 log.info("dkim verify error: error=%s", type(exc).__name__)
                 result = "temperror" if isinstance(exc, DnsTemporary) else "permerror"
+            if isinstance(verifier.domain, bytes):
+                domain = verifier.domain.decode("ascii", "replace")
+            if isinstance(verifier.selector, bytes):
+                selector = verifier.selector.decode("ascii", "replace")
             props = (("header.d", domain.lower()), ("header.s", selector))
             results.append(ResultEntry("dkim", result, props))
         return tuple(results)

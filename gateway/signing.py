@@ -199,3 +199,30 @@ def public_in_record(record: bytes, algorithm: str) -> bytes | None:
     except Exception:
         return None
     return modulus.to_bytes((modulus.bit_length() + 7) // 8, "big")
+
+
+def published_key_notes(config: Config, signer: Signer) -> list[str]:
+    """check-config: each key against its selector's TXT record, through [dns] (never fatal: DNS may be
+    unreachable from where the operator runs it, and a record may still be on its way)."""
+    import time
+
+    from gateway.resolver import DnsTemporary, Lookups, make_resolver
+
+    lookups = Lookups(make_resolver(config.dns), time.monotonic() + 10)
+    notes = []
+    for key in signer.keys:
+        name = f"{key.selector}._domainkey.{key.domain}"
+        try:
+            records = lookups.txt(name)
+        except DnsTemporary:
+            notes.append(f"warning: dkim: could not look up {name} (DNS unreachable): not verified")
+            continue
+        if not records:
+            notes.append(f"warning: dkim: no key published at {name}: receivers cannot verify our mail")
+            continue
+        published = public_in_record(records[0], key.algorithm)
+        if published != public_of(key):
+            notes.append(f"warning: dkim: the key published at {name} does not match the {key.algorithm} key")
+        else:
+            notes.append(f"dkim: {name} matches the {key.algorithm} key")
+    return notes

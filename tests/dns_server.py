@@ -65,7 +65,7 @@ class ZoneResolver(BaseResolver):  # type: ignore[misc]
         return reply
 
 
-class TestDns:
+class LocalDns:
     """The running server: `address` is what `[dns] nameservers` names."""
 
     def __init__(self, resolver: ZoneResolver) -> None:
@@ -87,5 +87,5 @@ class TestDns:
             server.server.server_close()
 
 
-def start_test_dns() -> TestDns:
-    return TestDns(ZoneResolver(ZONE.read_text()))
+def start_test_dns() -> LocalDns:
+    return LocalDns(ZoneResolver(ZONE.read_text()))
