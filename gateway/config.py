@@ -575,6 +575,12 @@ def warnings_for(config: Config) -> list[str]:
         )
     if not config.intake.addresses:
         notes.append("intake.addresses is empty: abuse@ is accepted at any domain")
+    confirm = config.confirm
+    if confirm.enabled and confirm.require_authenticated and confirm.from_.endswith("@localhost"):
+        notes.append(
+            "confirm.from is at localhost (the development default): confirmations are not held back for "
+            "senders SPF and DKIM do not vouch for; a real from address is"
+        )
     if config.confirm.enabled and not config.dkim.selector:
         notes.append(
             "dkim.selector is not set: confirmations go out unsigned, and the large mailbox providers "

@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 
@@ -274,11 +275,13 @@ class Authenticator:
 
     def start(self, entries: Sequence[ClaimedEntry]) -> None:
         for entry in entries:
-            lookups = self.checker.lookups()
+            lookups = self.checker.lookups(math.inf)  # its budget starts when the check does
             future = self._pool.submit(self._stage_one, entry, lookups)
             self._pending[entry.inbox_id] = (future, lookups)
 
     def _stage_one(self, entry: ClaimedEntry, lookups: Lookups) -> _Found:
+        # The budget counts from when the check starts, not from when it was queued behind others.
+        lookups.deadline = time.monotonic() + self.checker.budget
         headers = authentication_results(entry.raw) if self.checker.trusted else ()
         return self.checker.spf_and_dkim(
             entry.raw, entry.mail_from, entry.client_addr, entry.helo, headers, lookups
@@ -293,7 +296,7 @@ class Authenticator:
                 found = self._stage_one(item.entry, lookups)
             else:
                 future, lookups = pending
-                found = future.result(timeout=max(lookups.remaining(), 0) + 0.5)
+                found = self._wait(future, lookups)
             if "processing_failed" in item.flags:
                 from_domain = None
             else:
@@ -316,6 +319,18 @@ class Authenticator:
             result.queries,
         )
         return dataclasses.replace(item, authentication=result)
+
+    @staticmethod
+    def _wait(future: Future[_Found], lookups: Lookups) -> _Found:
+        """The check's result once it is done, or FutureTimeout a second past its own budget. A check
+        still queued behind others is waited for (the pool frees a thread at least every budget), so
+        a burst of messages is not marked temperror for having queued."""
+        while not future.done():
+            started = lookups.deadline != math.inf
+            if started and time.monotonic() > lookups.deadline + 1.0:
+                raise FutureTimeout
+            wait([future], timeout=max(0.01, lookups.remaining() + 1.0) if started else 0.5)
+        return future.result()
 
     def forget(self, inbox_ids: Sequence[int]) -> None:
         """Entries that were released without a prepared message: drop their pending checks."""

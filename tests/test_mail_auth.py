@@ -527,3 +527,14 @@ def test_keygen_never_overwrites_and_a_shared_key_file_is_refused(tmp_path: Path
     )
     result = CliRunner().invoke(main, ["check-config", "--config", str(config)])
     assert result.exit_code == 2 and "readable by others" in result.output
+
+
+def test_the_built_in_localhost_from_is_exempt_so_the_tour_gets_its_confirmation(
+    gateway_factory: Callable[..., RunningGateway], smtp_sink: Sink
+) -> None:
+    """`abuse@localhost` is the development default: no domain of ours to align with, nobody real to
+    backscatter to; any real [confirm] from is held to the rule (the tests above)."""
+    gateway = _auth_gateway(gateway_factory, smtp_sink, confirm={"from": "abuse@localhost"})
+    gateway.send(_report("forged.net"), mail_from="reporter@forged.net")
+    smtp_sink.wait_for(1)
+    assert _only_row(gateway)["state"] == "sent"
