@@ -32,6 +32,7 @@ import dns.resolver
 from gateway.config import Config
 from gateway.resolver import DnsTemporary, Lookups, make_resolver, with_spf_lookups
 from parsers.mailauth import (
+    DmarcPolicy,
     ResultEntry,
     address_domain,
     aligned,
@@ -208,7 +209,7 @@ class Checker:
         return ResultEntry("dmarc", result, (("policy.p", policy.p), ("header.from", author)))
 
     @staticmethod
-    def _dmarc_record(author: str, lookups: Lookups) -> object | None:
+    def _dmarc_record(author: str, lookups: Lookups) -> DmarcPolicy | None:
         """`_dmarc.<From domain>`, else `_dmarc.<organizational domain>` (RFC 7489 §6.6.3)."""
         names = [author]
         org = organizational_domain(author)
@@ -218,7 +219,10 @@ class Checker:
             records = [r.decode("utf-8", "replace") for r in lookups.txt(f"_dmarc.{name}")]
             policies = [p for p in map(parse_dmarc, records) if p is not None]
             if len(policies) == 1:  # more than one record is no record (§6.6.3 step 5)
-                return policies[0]
+                policy = policies[0]
+                if name != author and policy.sp:  # a subdomain's policy is the organization's sp=
+                    policy = dataclasses.replace(policy, p=policy.sp)
+                return policy
         return None
 
     # ---- failure is a result ------------------------------------------------------------------------------

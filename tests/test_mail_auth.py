@@ -538,3 +538,73 @@ def test_the_built_in_localhost_from_is_exempt_so_the_tour_gets_its_confirmation
     gateway.send(_report("forged.net"), mail_from="reporter@forged.net")
     smtp_sink.wait_for(1)
     assert _only_row(gateway)["state"] == "sent"
+
+
+# ---- the pieces --------------------------------------------------------------------------------------------
+
+
+def test_every_check_asks_the_configured_server_spf_dkim_and_dmarc_alike(tmp_path: Path) -> None:
+    """pyspf and dkimpy bring DNS lookups of their own; ours replace them, so the zone's server sees
+    each question (a lookup through the host's resolver would not reach it)."""
+    checker = Checker(make_config(tmp_path, "sqlite://"))
+    key = _publish_key("dkim-signer.net")
+    ZONE.asked.clear()
+    result = checker.check(
+        Signer([key]).sign(_report("dkim-signer.net")),
+        "reporter@dkim-signer.net",
+        "127.0.0.1",
+        "client.test",
+        "dkim-signer.net",
+    )
+    assert (result.spf, result.dkim, result.dmarc, result.sender) == ("fail", "pass", "pass", "pass")
+    assert ZONE.asked["dkim-signer.net"] == 1  # SPF
+    assert ZONE.asked[f"{key.selector}._domainkey.dkim-signer.net"] == 1  # DKIM
+    assert ZONE.asked["_dmarc.dkim-signer.net"] == 1  # DMARC
+    assert result.queries == 3
+
+
+def test_dmarc_falls_back_to_the_organizational_domain(tmp_path: Path) -> None:
+    checker = Checker(make_config(tmp_path, "sqlite://"))
+    result = checker.check(
+        _report("mail.sub-dmarc.net"), "r@mail.sub-dmarc.net", "127.0.0.1", "c.test", "mail.sub-dmarc.net"
+    )
+    assert "dmarc=pass policy.p=none header.from=mail.sub-dmarc.net" in result.summary
+
+
+def test_dmarc_records_are_read_as_rfc_7489_says() -> None:
+    from parsers.mailauth import parse_dmarc
+
+    policy = parse_dmarc("v=DMARC1; p=reject; sp=none; adkim=s; aspf=r; pct=50")
+    assert policy is not None and (policy.p, policy.sp, policy.adkim, policy.pct) == (
+        "reject",
+        "none",
+        "s",
+        50,
+    )
+    assert parse_dmarc("v=spf1 -all") is None
+    assert parse_dmarc("p=reject; v=DMARC1") is None  # v= must come first
+    assert parse_dmarc("v=DMARC1; p=bogus") is None
+    assert parse_dmarc("v=DMARC1; p=bogus; rua=mailto:a@b.example").p == "none"  # type: ignore[union-attr]
+
+
+def test_alignment_is_relaxed_by_organizational_domain_or_strict_by_name() -> None:
+    from parsers.mailauth import aligned
+
+    assert aligned("mail.example.co.uk", "example.co.uk", "r")
+    assert not aligned("mail.example.co.uk", "example.co.uk", "s")
+    assert not aligned("other.co.uk", "example.co.uk", "r")  # a public suffix is no organization
+
+
+def test_authentication_results_are_parsed_and_written_without_a_senders_syntax() -> None:
+    from parsers.mailauth import ResultEntry, format_results, parse_authentication_results
+
+    authserv, entries = parse_authentication_results(
+        "mx.upstream.example (comment; with semicolon);\r\n spf=pass (ok) smtp.mailfrom=a.example;"
+        ' dkim=fail header.d="b.example" header.s=sel; garbage'
+    )
+    assert authserv == "mx.upstream.example"
+    assert [(e.method, e.result) for e in entries] == [("spf", "pass"), ("dkim", "fail")]
+    assert entries[1].prop("header.d") == "b.example"
+    hostile = ResultEntry("spf", "pass", (("smtp.mailfrom", "x;\r\nBcc: y@z (evil)"),))
+    line = format_results("mx.test.example", (hostile,))
+    assert "\n" not in line and ";" not in line.partition("; ")[2] and "(" not in line
