@@ -69,8 +69,15 @@ class Run:
             "plan": self.plan.__dict__,
         }
         self.gateway: servers.Server | None = None
+        from bench.mailauth import start_dns
+
+        self.dns, _, dns_port = start_dns()  # intake's SPF/DKIM/DMARC checks ask it (issue 22)
         self.config = servers.gateway_config(
-            self.workdir, servers.free_port(), args.log_level, max(64 * 1024 * 1024, self.plan.rss_bytes * 2)
+            self.workdir,
+            servers.free_port(),
+            args.log_level,
+            max(64 * 1024 * 1024, self.plan.rss_bytes * 2),
+            dns=f"127.0.0.1:{dns_port}",
         )
 
     def time_left(self) -> bool:
