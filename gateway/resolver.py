@@ -42,7 +42,10 @@ def make_resolver(config: DnsConfig) -> dns.resolver.Resolver:
         resolver.nameservers = [host for host, _ in pairs]
         resolver.nameserver_ports = {host: port for host, port in pairs}
     else:
-        resolver = dns.resolver.Resolver(configure=True)
+        try:
+            resolver = dns.resolver.Resolver(configure=True)
+        except dns.resolver.NoResolverConfiguration:  # no /etc/resolv.conf: every check is temperror
+            resolver = dns.resolver.Resolver(configure=False)
         resolver.search = []
     resolver.timeout = config.timeout
     resolver.lifetime = config.timeout * 2
