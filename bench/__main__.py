@@ -97,6 +97,12 @@ class Run:
         log("escaping: pathological 1 MB inputs")
         self.results["escaping"] = escaping.run(limit=self.plan.escape_limit)
 
+    def mailauth(self) -> None:
+        from bench import mailauth
+
+        log("mail authentication: SPF/DKIM/DMARC checks and DKIM signing per message")
+        self.results["mailauth"] = mailauth.measure(50 if self.plan.quick else 200)
+
     def sink(self) -> None:
         sink = servers.start_sink(self.workdir, servers.free_port())
         try:
@@ -314,6 +320,7 @@ class Run:
         try:
             self.setup()
             self.escaping()
+            self.mailauth()
             self.ingest()  # before the gateway runs, so its intake worker does not share the inbox
             self.sink()
             self.gateway_phases()
