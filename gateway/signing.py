@@ -226,3 +226,15 @@ def published_key_notes(config: Config, signer: Signer) -> list[str]:
         else:
             notes.append(f"dkim: {name} matches the {key.algorithm} key")
     return notes
+
+
+def reloaded_signer(config: Config, current: Signer | None) -> Signer | None:
+    """SIGHUP (key rotation: a new selector and key_file): the new keys, or the running ones when the
+    new ones cannot be used, so a typo in a reload never sends mail unsigned."""
+    import logging
+
+    try:
+        return Signer.from_config(config)
+    except DkimKeyError as exc:
+        logging.getLogger("abuse_gateway.confirm").error("reload: dkim keys kept: %s", exc)
+        return current

@@ -608,3 +608,19 @@ def test_authentication_results_are_parsed_and_written_without_a_senders_syntax(
     hostile = ResultEntry("spf", "pass", (("smtp.mailfrom", "x;\r\nBcc: y@z (evil)"),))
     line = format_results("mx.test.example", (hostile,))
     assert "\n" not in line and ";" not in line.partition("; ")[2] and "(" not in line
+
+
+def test_a_reload_rotates_to_the_new_selector_and_keeps_the_old_keys_when_the_new_ones_are_unusable(
+    tmp_path: Path,
+) -> None:
+    from gateway.signing import reloaded_signer
+
+    first, _, _ = _our_keys(tmp_path)
+    current = Signer.from_config(make_config(tmp_path, "sqlite://", dkim=first))
+    rotated, rsa, _ = _our_keys(tmp_path)
+    new = reloaded_signer(make_config(tmp_path, "sqlite://", dkim=rotated), current)
+    assert new is not current and new is not None and new.keys[0].selector == rsa
+    broken = tmp_path / "broken.key"
+    write_key(broken, b"not a key")
+    unusable = rotated | {"key_file": str(broken)}
+    assert reloaded_signer(make_config(tmp_path, "sqlite://", dkim=unusable), new) is new
