@@ -51,9 +51,11 @@ def _report(sender_domain: str, extra: bytes = b"") -> bytes:
     )
 
 
-def _auth_gateway(factory: Callable[..., RunningGateway], sink: Sink, **sections: Any) -> RunningGateway:
+def _auth_gateway(
+    factory: Callable[..., RunningGateway], sink: Sink, store_url: str | None = None, **sections: Any
+) -> RunningGateway:
     confirm = {"smarthost": sink.address, "require_authenticated": True} | sections.pop("confirm", {})
-    return factory(confirm=confirm, **sections)
+    return factory(store_url, confirm=confirm, **sections)
 
 
 def _only_row(gateway: RunningGateway) -> dict[str, Any]:
@@ -78,9 +80,9 @@ def _cli_config(tmp_path: Path, gateway: RunningGateway) -> Path:
 
 
 def test_forged_sender_from_a_dash_all_domain_gets_no_confirmation(
-    gateway_factory: Callable[..., RunningGateway], smtp_sink: Sink, tmp_path: Path
+    gateway_factory: Callable[..., RunningGateway], smtp_sink: Sink, tmp_path: Path, store_url: str
 ) -> None:
-    gateway = _auth_gateway(gateway_factory, smtp_sink)
+    gateway = _auth_gateway(gateway_factory, smtp_sink, store_url)
     code, _ = gateway.send(_report("forged.net"), mail_from="reporter@forged.net")
     assert code == 250
     row = _only_row(gateway)
@@ -202,12 +204,12 @@ def _make_due(gateway: RunningGateway) -> None:
 
 
 def test_a_dns_temporary_failure_defers_the_confirmation_and_the_recheck_sends_it(
-    gateway_factory: Callable[..., RunningGateway], smtp_sink: Sink
+    gateway_factory: Callable[..., RunningGateway], smtp_sink: Sink, store_url: str
 ) -> None:
     domain = f"t{uuid.uuid4().hex[:8]}.net"
     ZONE.servfail.add(domain)
     try:
-        gateway = _auth_gateway(gateway_factory, smtp_sink)
+        gateway = _auth_gateway(gateway_factory, smtp_sink, store_url)
         gateway.send(_report(domain), mail_from=f"reporter@{domain}")
         row = gateway.wait_outbox(lambda rows: len(rows) == 1 and rows[0]["state"] == "deferred")[0]
         assert "DNS temporary failure" in row["last_error"]
