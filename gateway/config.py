@@ -581,6 +581,14 @@ def warnings_for(config: Config) -> list[str]:
             "confirm.from is at localhost (the development default): confirmations are not held back for "
             "senders SPF and DKIM do not vouch for; a real from address is"
         )
+    if config.dkim.domain:
+        from parsers.mailauth import aligned
+
+        if not aligned(config.dkim.domain, confirm.from_.partition("@")[2]):
+            notes.append(
+                f"dkim.domain {config.dkim.domain} is not aligned with the domain of confirm.from: "
+                "receivers' DMARC checks of our mail fail"
+            )
     if config.confirm.enabled and not config.dkim.selector:
         notes.append(
             "dkim.selector is not set: confirmations go out unsigned, and the large mailbox providers "
