@@ -1,7 +1,7 @@
 """mail authentication (issue 22): the HELO name on inbox entries, the SPF/DKIM/DMARC summary on messages
 
 Revision ID: 0015
-Revises: 0013 (the `users` branch adds 0014 in parallel; the final chain is 0014 → 0015)
+Revises: 0014 (the `users` branch's migration; this one was tested chained on 0013)
 Create Date: 2026-12-02 05:30:00
 """
 
@@ -12,7 +12,7 @@ import sqlmodel
 from alembic import op
 
 revision: str = "0015"
-down_revision: str | None = "0013"
+down_revision: str | None = "0014"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
