@@ -69,8 +69,15 @@ class Run:
             "plan": self.plan.__dict__,
         }
         self.gateway: servers.Server | None = None
+        from bench.mailauth import start_dns
+
+        self.dns, _, dns_port = start_dns()  # intake's SPF/DKIM/DMARC checks ask it (issue 22)
         self.config = servers.gateway_config(
-            self.workdir, servers.free_port(), args.log_level, max(64 * 1024 * 1024, self.plan.rss_bytes * 2)
+            self.workdir,
+            servers.free_port(),
+            args.log_level,
+            max(64 * 1024 * 1024, self.plan.rss_bytes * 2),
+            dns=f"127.0.0.1:{dns_port}",
         )
 
     def time_left(self) -> bool:
@@ -89,6 +96,12 @@ class Run:
     def escaping(self) -> None:
         log("escaping: pathological 1 MB inputs")
         self.results["escaping"] = escaping.run(limit=self.plan.escape_limit)
+
+    def mailauth(self) -> None:
+        from bench import mailauth
+
+        log("mail authentication: SPF/DKIM/DMARC checks and DKIM signing per message")
+        self.results["mailauth"] = mailauth.measure(50 if self.plan.quick else 200)
 
     def sink(self) -> None:
         sink = servers.start_sink(self.workdir, servers.free_port())
@@ -307,6 +320,7 @@ class Run:
         try:
             self.setup()
             self.escaping()
+            self.mailauth()
             self.ingest()  # before the gateway runs, so its intake worker does not share the inbox
             self.sink()
             self.gateway_phases()

@@ -87,6 +87,10 @@ def print_sections(results: dict[str, Any]) -> None:
                 f"  {row['input']:<22} escape_text {_f(row.get('escape_s'), '{:.3f}'):>7}   "
                 f"extract_indicators {_f(row.get('indicators_s'), '{:.3f}'):>7}"
             )
+    if results.get("mailauth"):
+        from bench.mailauth import print_table
+
+        print_table(results["mailauth"])
     pre = results.get("preload")
     if pre:
         print(

@@ -39,7 +39,11 @@ def wait_for_greeting(port: int, timeout: float, proc: subprocess.Popen[bytes] |
     raise RuntimeError(f"no SMTP greeting on {HOST}:{port} within {timeout}s: {last}")
 
 
-def gateway_config(workdir: Path, port: int, log_level: str, max_message_bytes: int) -> Path:
+def gateway_config(
+    workdir: Path, port: int, log_level: str, max_message_bytes: int, dns: str | None = None
+) -> Path:
+    """`dns`: the benchmark's own nameserver (bench/mailauth.py), which intake's SPF/DKIM/DMARC checks
+    ask (issue 22); never the host's resolver."""
     path = workdir / "gateway.toml"
     path.write_text(
         f"""[smtp]
@@ -64,7 +68,8 @@ secret_file = "{workdir}/reply-token.key"
 
 [log]
 level = "{log_level}"
-""",
+"""
+        + (f'\n[dns]\nnameservers = ["{dns}"]\n' if dns else ""),
         encoding="utf-8",
     )
     return path

@@ -53,6 +53,11 @@ STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
         ),
     ),
     ("claim", ("storage/claims.py", "storage/store.py:claim_inbox")),
+    # issue 22: SPF, DKIM, DMARC on the intake's pool (libraries' frames included: the deepest ours wins)
+    (
+        "mailauth",
+        ("gateway/mailauth.py", "gateway/resolver.py", "parsers/mailauth.py", "/dkim/", "/spf.py", "/dns/"),
+    ),
     ("pipe+pickle", ("gateway/preparer.py", "multiprocessing/connection.py", "pickle")),
     ("smtp+inbox", ("gateway/smtp.py", "gateway/data.py", "storage/inbox.py", "aiosmtpd/")),
 )

@@ -266,9 +266,26 @@ class ReplyConfig(_Section):
 
 
 class DkimConfig(_Section):
-    """Signing of every outbound message (issue 22)."""
+    """Signing of every outbound message (issue 22): unsigned only when no selector is configured."""
 
-    selector: str | None = None
+    # The RSA (rsa-sha256) key, published at `<selector>._domainkey.<domain>`; `dkim keygen` makes both.
+    selector: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+    key_file: str | None = None
+    # The signing domain (d=); empty: the domain of [confirm] from, so DMARC aligns.
+    domain: str | None = None
+    # An ed25519-sha256 signature beside the RSA one (RFC 8463); receivers that know it check both.
+    ed25519_selector: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+    ed25519_key_file: str | None = None
+
+    @model_validator(mode="after")
+    def _pairs(self) -> DkimConfig:
+        for selector, key in (("selector", "key_file"), ("ed25519_selector", "ed25519_key_file")):
+            if bool(getattr(self, selector)) != bool(getattr(self, key)):
+                missing = key if getattr(self, selector) else selector
+                raise ValueError(f"{selector} and {key} go together: {missing} is not set")
+        if self.ed25519_selector and not self.selector:
+            raise ValueError("ed25519_selector needs selector too: receivers without ed25519 need RSA")
+        return self
 
 
 # --- the dkim keys end here ---
@@ -277,7 +294,15 @@ class DkimConfig(_Section):
 class AuthConfig(_Section):
     """SPF, DKIM and DMARC checks of inbound mail, in intake (issue 22)."""
 
+    # Authentication-Results headers a message carries are ignored, except those whose authserv-id is
+    # named here (the MTA in front of the gateway): their result is used, and recorded as taken from it.
     trusted_authserv_ids: tuple[str, ...] = ()
+    # The name our own results carry (RFC 8601 authserv-id); empty: [smtp] hostname.
+    authserv_id: str | None = None
+    # Per message, all checks together (SPF, DKIM, DMARC): past it the rest is temperror.
+    time_budget: float = Field(default=5.0, gt=0, le=60)
+    # DKIM signatures verified per message (each costs a key lookup); the rest are not looked at.
+    max_dkim_signatures: int = Field(default=5, ge=1, le=20)
 
 
 # --- the auth keys end here ---
@@ -286,7 +311,36 @@ class AuthConfig(_Section):
 class DnsConfig(_Section):
     """The resolver the authentication checks ask (issue 22); empty means the system's."""
 
+    # host or host:port (IPv6 as [addr]:port); the checks ask these and nothing else.
     nameservers: tuple[str, ...] = ()
+    # One query's wait for an answer (UDP, then TCP for a truncated one).
+    timeout: float = Field(default=2.0, gt=0, le=30)
+
+    @field_validator("nameservers")
+    @classmethod
+    def _nameservers(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        import ipaddress
+
+        for item in value:
+            host, port = split_nameserver(item)
+            try:
+                ipaddress.ip_address(host)
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP address with an optional :port") from None
+            if not 0 < port <= 65535:
+                raise ValueError(f"{item!r}: port out of range")
+        return value
+
+
+def split_nameserver(item: str) -> tuple[str, int]:
+    """`1.2.3.4`, `1.2.3.4:5353`, `::1`, `[::1]:5353` → (host, port)."""
+    if item.startswith("["):
+        host, _, rest = item[1:].partition("]")
+        return host, int(rest[1:]) if rest.startswith(":") and rest[1:].isdigit() else 53
+    if item.count(":") == 1:
+        host, _, port = item.partition(":")
+        return host, int(port) if port.isdigit() else -1
+    return item, 53
 
 
 # --- the dns keys end here ---
@@ -382,6 +436,8 @@ _LIST_OF = {
     "old_secret_files": "file paths",
     "hash_lists": "file paths",
     "terms": "wordings (strings)",
+    "nameservers": "IP addresses (host or host:port)",
+    "trusted_authserv_ids": "names (strings)",
 }
 
 
@@ -519,4 +575,23 @@ def warnings_for(config: Config) -> list[str]:
         )
     if not config.intake.addresses:
         notes.append("intake.addresses is empty: abuse@ is accepted at any domain")
+    confirm = config.confirm
+    if confirm.enabled and confirm.require_authenticated and confirm.from_.endswith("@localhost"):
+        notes.append(
+            "confirm.from is at localhost (the development default): confirmations are not held back for "
+            "senders SPF and DKIM do not vouch for; a real from address is"
+        )
+    if config.dkim.domain:
+        from parsers.mailauth import aligned
+
+        if not aligned(config.dkim.domain, confirm.from_.partition("@")[2]):
+            notes.append(
+                f"dkim.domain {config.dkim.domain} is not aligned with the domain of confirm.from: "
+                "receivers' DMARC checks of our mail fail"
+            )
+    if config.confirm.enabled and not config.dkim.selector:
+        notes.append(
+            "dkim.selector is not set: confirmations go out unsigned, and the large mailbox providers "
+            "junk or reject them (`abuse-gateway dkim keygen --selector S` makes a key)"
+        )
     return notes

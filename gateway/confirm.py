@@ -32,7 +32,10 @@ import aiosmtplib
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from gateway import metrics
+from gateway.auth_defer import recheck
 from gateway.config import Config, ConfigError
+from gateway.mailauth import Checker
+from gateway.signing import Signer, UnsignedMail, is_signed
 from parsers.address import (
     client_network,
     has_control,
@@ -165,11 +168,18 @@ def confirm_policy(config: Config) -> object:
     per_domain = config.confirm.per_domain_per_hour
     per_network = config.confirm.per_network_per_hour
     prefixes = (config.confirm.network_prefix_v4, config.confirm.network_prefix_v6)
+    # `abuse@localhost`, the built-in development default, is exempt (the tour); a real from is not.
+    require_authenticated = config.confirm.require_authenticated and domain != "localhost"
 
     def decide(item: PreparedMessage, lookup: Lookup, opening: bool) -> ConfirmRequest | None:
         sender = (item.entry.mail_from or "").strip(" \t").lower()
         kind = "confirmation" if opening else "acknowledgement"
         reason = "own_mail" if _own_mail(item, lookup, domain) else _suppression(item, sender)
+        deferred = False
+        if reason is None and require_authenticated:  # issue 22: no backscatter to forged senders
+            verdict = item.authentication.sender if item.authentication is not None else "fail"
+            reason = "unauthenticated" if verdict == "fail" else None
+            deferred = verdict == "temperror"  # DNS could not say: the outbox checks again, later
         keys: dict[str, str] = {}
         if reason is None:
             keys = {
@@ -189,7 +199,8 @@ def confirm_policy(config: Config) -> object:
                 reason = "rate_limited_network"
         if reason is not None:
             return ConfirmRequest(recipient=sender, kind=kind, suppressed_reason=reason, **keys)
-        return ConfirmRequest(recipient=sender, kind=kind, message_id=make_msgid(domain=domain)[1:-1], **keys)
+        message_id = make_msgid(domain=domain)[1:-1]
+        return ConfirmRequest(recipient=sender, kind=kind, message_id=message_id, deferred=deferred, **keys)
 
     return decide
 
@@ -284,12 +295,22 @@ def backoff(attempts: int) -> timedelta:
 
 
 class ConfirmWorker:
-    def __init__(self, config: Config, store: Outbox, poll_seconds: float = 1.0) -> None:
+    def __init__(
+        self, config: Config, store: Outbox, poll_seconds: float = 1.0, checker: Checker | None = None
+    ) -> None:
         self.config = config
         self.store = store
         self.poll_seconds = poll_seconds
         self.key = load_token_keys(config)[0]
+        self.signer = Signer.from_config(config)  # None: no [dkim] selector (check-config warns)
+        self.checker = checker or Checker(config)  # re-checks deferred senders (issue 22)
         self._wake = asyncio.Event()
+
+    def outbound_bytes(self, message: EmailMessage) -> bytes:
+        """THE signing point (issue 22): every mail the gateway sends is flattened and DKIM-signed here,
+        once; these bytes go to the smarthost (or the .eml) and into the outbox row."""
+        raw = message.as_bytes(policy=email.policy.SMTP)
+        return self.signer.sign(raw) if self.signer is not None else raw
 
     def wake(self) -> None:
         self._wake.set()
@@ -312,9 +333,14 @@ class ConfirmWorker:
         """One job, whatever it holds: an error building or sending it fails that row (logged) and the
         worker goes on with the next (issue 15: one bad row used to stop confirmations for good)."""
         try:
+            if job.state == "deferred":  # issue 22: the sender's authentication is checked again first
+                outcome = await asyncio.to_thread(recheck, job, self.store, self.checker)
+                if outcome != "send":
+                    return outcome
             return await self.send(job)
         except Exception as exc:
-            reason = str(exc) if isinstance(exc, UnsendableJob) else f"internal error: {type(exc).__name__}"
+            known = isinstance(exc, UnsendableJob | UnsignedMail)
+            reason = str(exc) if known else f"internal error: {type(exc).__name__}"
             log.error(
                 "confirmation failed: outbox_id=%d case_id=%s error=%s", job.outbox_id, job.case_id, reason
             )
@@ -325,9 +351,9 @@ class ConfirmWorker:
 
     async def send(self, job: OutboxJob) -> str:
         message = build_message(self.config, job, self.key)
-        # Flattened once: these bytes go to the smarthost (or the .eml) and into the outbox row, so what
-        # the desk shows is exactly what the reporter was sent (issue 17).
-        raw = message.as_bytes(policy=email.policy.SMTP)
+        # Flattened and signed once: these bytes go to the smarthost (or the .eml) and into the outbox row,
+        # so what the desk shows is exactly what the reporter was sent (issue 17).
+        raw = self.outbound_bytes(message)
         try:
             async for attempt in AsyncRetrying(
                 retry=retry_if_exception(_retryable),
@@ -379,6 +405,8 @@ class ConfirmWorker:
         return "sent"
 
     async def _deliver(self, raw: bytes, message_id: str, recipient: str) -> None:
+        if self.signer is not None and not is_signed(raw):
+            raise UnsignedMail("unsigned mail refused: build it with outbound_bytes")
         config = self.config.confirm
         if not config.smarthost:
             await asyncio.to_thread(self._write_eml, raw, message_id)

@@ -24,6 +24,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from gateway import metrics
 from gateway.config import Config
 from gateway.known_material import CsamSignals
+from gateway.mailauth import Authenticator
 from gateway.prepare import ParseFn, prepare
 from gateway.preparer import ProcessingTimeout, ProcessPreparer
 from gateway.threader import Threader
@@ -143,6 +144,7 @@ class IntakeWorker:
         self.on_committed = on_committed
         self.on_failure = on_failure
         self._csam: CsamSignals | None = None  # built at first use: `serve`'s own worker may never run
+        self._auth: Authenticator | None = None  # SPF/DKIM/DMARC (issue 22), also built at first use
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._preparer = _Preparer()
@@ -160,14 +162,25 @@ class IntakeWorker:
             self._csam = CsamSignals.from_config(self.config.csam)
         return self._csam
 
+    @property
+    def auth(self) -> Authenticator:
+        if self._auth is None:
+            self._auth = Authenticator(self.config)
+        return self._auth
+
     def use_config(self, config: Config) -> None:
         """SIGHUP in `thread` mode: the new configuration; its term list and hash lists are re-read."""
         self.config = config
+        if self._auth is not None:
+            self._auth.close()
+            self._auth = None
         if self._csam is not None:
             self._csam = None
             self._csam = CsamSignals.from_config(config.csam)
 
     def close(self) -> None:
+        if self._auth is not None:
+            self._auth.close()
         if self._process is not None:
             self._process.close()
 
@@ -212,6 +225,8 @@ class IntakeWorker:
         """Each entry prepared (or, after its last attempt, `failed`), in order and as soon as it is ready,
         so the first transactions of a batch commit while the preparation child works on the rest."""
         timeout, max_text = self.config.intake.processing_timeout, self.config.intake.max_text_chars
+        # SPF and DKIM start now, on the checker's pool, while the entries are prepared (issue 22).
+        self.auth.start(entries)
         if self._process is not None:
             outcomes: Iterator[PreparedMessage | Exception] = self._process.run_batch(entries, timeout)
         else:
@@ -221,8 +236,9 @@ class IntakeWorker:
             if isinstance(outcome, PreparedMessage):
                 ms = (time.monotonic() - started) * 1000
                 log.debug("prepared: inbox_id=%d ms=%.1f", entry.inbox_id, ms)
-                # Signals need the hash index, which lives here, not in the bounded preparation child.
-                yield self.csam.apply(outcome)
+                # Signals need the hash index, which lives here, not in the bounded preparation child;
+                # authentication needs DNS, which the child never has.
+                yield self.auth.apply(self.csam.apply(outcome))
                 started = time.monotonic()  # a commit in between is not the next message's preparation
                 continue
             error = type(outcome).__name__
@@ -235,8 +251,9 @@ class IntakeWorker:
                     entry.attempts,
                     error,
                 )
-                yield failed(entry, error)
+                yield self.auth.apply(failed(entry, error))
             else:
+                self.auth.forget([entry.inbox_id])
                 log.warning(
                     "processing failed: inbox_id=%d attempt=%d error=%s",
                     entry.inbox_id,

@@ -38,7 +38,9 @@ from gateway.config import Config
 from gateway.confirm import ConfirmWorker, confirm_policy
 from gateway.intake_process import IntakeProcess
 from gateway.listeners import ListenerProcesses
+from gateway.mailauth import Checker
 from gateway.prepare import ParseFn, default_parser
+from gateway.signing import reloaded_signer
 from gateway.smtp import ConnectionLimits, reread, start_listeners
 from storage.records import Committed
 
@@ -195,6 +197,9 @@ class Service:
             self.threader.confirm_policy = confirm_policy(new)
         if self.confirmer is not None:
             self.confirmer.config = new
+            # issue 22: rotated DKIM keys and a changed [dns] take effect on reload
+            self.confirmer.signer = reloaded_signer(new, self.confirmer.signer)
+            self.confirmer.checker = Checker(new)
         logging.getLogger().setLevel(new.log.level)
         log.info("reloaded: changed=%s", ",".join(changed) or "nothing")
         return changed

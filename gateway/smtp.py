@@ -408,7 +408,10 @@ class GatewayHandler:
 
     async def _append(self, raw: bytes, envelope: Envelope, session: Session) -> AppendResult:
         return await self.inbox.append(
-            raw, InboxEnvelope(envelope.mail_from or "", tuple(envelope.rcpt_tos), _ip(session))
+            raw,
+            InboxEnvelope(
+                envelope.mail_from or "", tuple(envelope.rcpt_tos), _ip(session), helo=session.host_name
+            ),
         )
 
     async def handle_exception(self, error: Exception) -> str:

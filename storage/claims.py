@@ -82,13 +82,14 @@ class Claims:
                     InboxEntry.attempts,
                     InboxEntry.confirm,
                     InboxEntry.client_addr,
+                    InboxEntry.helo,
                 )
                 .where(InboxEntry.id.in_(ids), InboxEntry.claimed_by == self.worker_id)
                 .order_by(InboxEntry.id)
             ).all()
         return [
             ClaimedEntry(
-                r[0], r[1], r[2], tuple(r[3] or ()), _aware(r[4]) or now, r[5], r[6], bool(r[7]), r[8]
+                r[0], r[1], r[2], tuple(r[3] or ()), _aware(r[4]) or now, r[5], r[6], bool(r[7]), r[8], r[9]
             )
             for r in rows
         ]

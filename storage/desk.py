@@ -150,6 +150,7 @@ class Desk:
                         "attachments": attachments.get(m.id or 0, []),
                         "defects": list(m.defects),
                         "flags": list(m.flags),
+                        "authentication": m.authentication,  # issue 22: SPF, DKIM, DMARC as intake found
                         **({"report": m.report} if m.report is not None else {}),
                         **({"evidence": m.evidence} if m.evidence else {}),
                     }

@@ -45,6 +45,7 @@ class Envelope:
     rcpt_tos: tuple[str, ...]
     client_addr: str | None = None
     confirm: bool = True  # False: `ingest --no-confirm`, processed without mailing anyone
+    helo: str | None = None  # the client's HELO/EHLO name: SPF's HELO identity (issue 22)
 
 
 @dataclass(slots=True)
@@ -91,6 +92,7 @@ def _row(uid: str, raw: bytes, envelope: Envelope, received_at: datetime, sha256
         "confirm": envelope.confirm,
         "rcpt_tos": [_storable(r) for r in envelope.rcpt_tos],
         "client_addr": _storable(envelope.client_addr) if envelope.client_addr is not None else None,
+        "helo": _storable(envelope.helo)[:255] if envelope.helo is not None else None,
         "size": len(raw),
         "sha256": sha256,
         "raw": raw,
@@ -135,6 +137,7 @@ class Spool:
                 "rcpt_tos": list(envelope.rcpt_tos),
                 "client_addr": envelope.client_addr,
                 "confirm": envelope.confirm,
+                "helo": envelope.helo,
                 "received_at": received_at.isoformat(),
             }
         ).encode()
@@ -179,7 +182,11 @@ class Spool:
         meta_line, _, raw = data.partition(b"\n")
         meta = json.loads(meta_line)
         envelope = Envelope(
-            meta["mail_from"], tuple(meta["rcpt_tos"]), meta.get("client_addr"), meta.get("confirm", True)
+            meta["mail_from"],
+            tuple(meta["rcpt_tos"]),
+            meta.get("client_addr"),
+            meta.get("confirm", True),
+            meta.get("helo"),
         )
         return meta["uid"], raw, envelope, datetime.fromisoformat(meta["received_at"])
 

@@ -31,7 +31,7 @@ from storage.models import (
     Message,
     OutboxRow,
 )
-from storage.records import Committed, PreparedMessage, Resolver, ThreadDecision
+from storage.records import AUTH_RECHECK, Committed, PreparedMessage, Resolver, ThreadDecision
 from storage.util import _now
 
 _INSERT_MESSAGE = insert(Message.__table__).returning(Message.__table__.c.id)
@@ -227,6 +227,7 @@ class IntakeCommit:
                 flags=list(dict.fromkeys([*item.flags, *decision.flags, *_confirm_flags(decision)])),
                 report=item.report,
                 evidence=list(item.evidence) or None,
+                authentication=item.authentication.summary if item.authentication is not None else None,
             ),
         ).scalar_one()
         self._add_attachments(
@@ -242,6 +243,8 @@ class IntakeCommit:
         # -- end issue 19 --
         if decision.confirm is not None:
             suppressed = decision.confirm.suppressed_reason
+            # issue 22: a sender whose authentication DNS could not decide waits, to be checked again
+            deferred = decision.confirm.deferred and not suppressed
             session.execute(
                 insert(OutboxRow.__table__),
                 dict(
@@ -249,11 +252,12 @@ class IntakeCommit:
                     message_pk=message_pk,
                     kind=decision.confirm.kind,
                     recipient=decision.confirm.recipient.lower(),
-                    state="suppressed" if suppressed else "queued",
+                    state="suppressed" if suppressed else "deferred" if deferred else "queued",
                     suppressed_reason=suppressed,
                     attempts=0,
+                    last_error="authentication: DNS temporary failure, checked again" if deferred else None,
                     created_at=now,
-                    next_attempt_at=None if suppressed else now,
+                    next_attempt_at=None if suppressed else now + AUTH_RECHECK[0] if deferred else now,
                     message_id=decision.confirm.message_id,
                     rate_mailbox=decision.confirm.rate_mailbox,
                     rate_domain=decision.confirm.rate_domain,

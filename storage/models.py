@@ -44,6 +44,7 @@ class InboxEntry(SQLModel, table=True):
     confirm: bool = Field(default=True, sa_column_kwargs={"server_default": true()})
     rcpt_tos: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     client_addr: str | None = None
+    helo: str | None = None  # the HELO/EHLO name, SPF's HELO identity (issue 22)
     size: int
     sha256: str = Field(index=True, max_length=64)
     raw: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
@@ -137,6 +138,8 @@ class Message(SQLModel, table=True):
     report: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
     # Forwarded messages (attached or inline) with their own parsed headers, in display form (issue 6).
     evidence: list[dict[str, Any]] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    # SPF, DKIM and DMARC as intake found them, RFC 8601 style (issue 22); None: not checked.
+    authentication: str | None = None
 
     __table_args__ = (
         UniqueConstraint("case_pk", "index"),
@@ -225,7 +228,8 @@ class OutboxRow(SQLModel, table=True):
     rate_mailbox: str | None = Field(default=None, index=True)
     rate_domain: str | None = Field(default=None, index=True)
     client_net: str | None = None
-    # queued | sending | sent | retrying | failed | suppressed | bounced
+    # queued | deferred (sender's authentication to be checked again) | sending | sent | retrying | failed
+    # | suppressed | bounced
     state: str = Field(default="queued", max_length=16, index=True)
     suppressed_reason: str | None = None
     attempts: int = 0

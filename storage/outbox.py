@@ -7,12 +7,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, and_, func, or_, update
+from sqlalchemy import Engine, and_, case, func, or_, update
 from sqlalchemy.orm import defer
 from sqlmodel import Session, select
 
 from storage.claims import new_worker_id
-from storage.models import Case, Message, OutboxRow
+from storage.models import Case, InboxEntry, Message, OutboxRow
 from storage.records import OutboxJob
 from storage.util import _aware, _iso, _now
 
@@ -45,7 +45,7 @@ class Outbox:
         no row is sent by two workers; a worker that dies mid-send leaves a lease that expires."""
         now = _now()
         due = and_(
-            OutboxRow.state.in_(("queued", "retrying", "sending")),
+            OutboxRow.state.in_(("queued", "retrying", "sending", "deferred")),
             OutboxRow.next_attempt_at <= now,
             or_(OutboxRow.claimed_until.is_(None), OutboxRow.claimed_until < now),
         )
@@ -60,7 +60,11 @@ class Outbox:
                 update(OutboxRow)
                 .where(OutboxRow.id.in_(ids), due)
                 .values(
-                    state="sending", claimed_by=self.worker_id, claimed_until=now + timedelta(seconds=lease)
+                    # a deferred row stays deferred while claimed: if its worker dies, the next one
+                    # checks its sender again instead of sending unchecked (issue 22)
+                    state=case((OutboxRow.state == "deferred", "deferred"), else_="sending"),
+                    claimed_by=self.worker_id,
+                    claimed_until=now + timedelta(seconds=lease),
                 )
             )
             rows = session.exec(
@@ -80,6 +84,8 @@ class Outbox:
                     report_mid,
                     row.attempts,
                     _aware(row.created_at) or now,
+                    row.state,
+                    row.message_pk,
                 )
                 for row, case_id, report_mid in rows
             ]
@@ -108,6 +114,57 @@ class Outbox:
             values["raw"] = raw
         with Session(self.engine) as session, session.begin():
             session.execute(update(OutboxRow).where(OutboxRow.id == outbox_id).values(**values))
+
+    def auth_inputs(
+        self, outbox_id: int
+    ) -> tuple[bytes, str | None, str | None, str | None, str | None] | None:
+        """What a deferred row's sender is checked again with (issue 22): the report's raw bytes, envelope
+        sender, client address, HELO and From: address."""
+        with Session(self.engine) as session:
+            found = session.exec(
+                select(
+                    InboxEntry.raw,
+                    InboxEntry.mail_from,
+                    InboxEntry.client_addr,
+                    InboxEntry.helo,
+                    Message.from_addr,
+                )
+                .join(Message, Message.inbox_id == InboxEntry.id)
+                .join(OutboxRow, OutboxRow.message_pk == Message.id)
+                .where(OutboxRow.id == outbox_id)
+            ).first()
+            return None if found is None else (found[0], found[1], found[2], found[3], found[4])
+
+    def settle_deferred(
+        self,
+        outbox_id: int,
+        state: str,
+        *,
+        authentication: str | None,
+        reason: str | None = None,
+        error: str | None = None,
+        next_attempt_at: datetime | None = None,
+    ) -> None:
+        """A deferred row's sender checked again: `queued` (authenticated, sent next), `deferred` again,
+        or `suppressed` with `reason`; the message shows the latest result."""
+        with Session(self.engine) as session, session.begin():
+            row = session.get(OutboxRow, outbox_id)
+            if row is None:
+                return
+            values: dict[str, Any] = {
+                "state": state,
+                "suppressed_reason": reason,
+                "last_error": error[:500] if error else None,
+                "next_attempt_at": next_attempt_at if state != "queued" else _now(),
+                "attempts": 0 if state == "queued" else OutboxRow.attempts + 1,
+            }
+            if state != "queued":
+                values |= {"claimed_by": None, "claimed_until": None}
+            session.execute(update(OutboxRow).where(OutboxRow.id == outbox_id).values(**values))
+            if authentication is not None and row.message_pk is not None:
+                session.execute(
+                    update(Message).where(Message.id == row.message_pk).values(authentication=authentication)
+                )
 
     def mark_bounced(self, message_ids: Sequence[str], detail: str) -> int:
         """A DSN for one of our confirmations came back: record it on the row."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from parsers.types import ContentHashes, Indicator, ParsedMessage
@@ -22,6 +22,27 @@ class ClaimedEntry:
     attempts: int
     confirm: bool = True  # False: imported with `ingest --no-confirm`, no confirmation may go out
     client_addr: str | None = None  # the per-network confirmation cap counts by it
+    helo: str | None = None  # what the client said in HELO/EHLO (SPF's HELO identity, issue 22)
+
+
+# issue 22: when a deferred confirmation's sender is checked again after intake's check (~30 min in all);
+# still undecided after the last, the confirmation is suppressed `unauthenticated` (never sent unchecked).
+AUTH_RECHECK = (timedelta(minutes=2), timedelta(minutes=8), timedelta(minutes=20))
+
+
+@dataclass(frozen=True, slots=True)
+class Authentication:
+    """SPF, DKIM and DMARC of one inbound message (issue 22), as the intake found them."""
+
+    summary: str  # RFC 8601 style: `mx.example.org; spf=pass smtp.mailfrom=…; dkim=…; dmarc=…`
+    spf: str = "none"
+    dkim: str = "none"
+    dmarc: str = "none"
+    # Does SPF, or a passing DKIM signature aligned with it, vouch for the envelope sender's domain?
+    # pass | fail | temperror (a DNS failure: the confirmation waits and the check is made again)
+    sender: str = "fail"
+    source: str = "checked"  # checked | trusted:<authserv-id> (an upstream MTA's result was used)
+    queries: int = 0  # DNS queries the checks made
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +68,7 @@ class PreparedMessage:
     # sources of a possible-CSAM signal: terms:<lang>, hash_match:<label>:<alg>:<distance>
     csam_signals: tuple[str, ...] = ()
     content_hashes: ContentHashes | None = None  # digests of the attachments and what is inside (issue 19)
+    authentication: Authentication | None = None  # issue 22; None: not checked (intake without checks)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +88,8 @@ class ConfirmRequest:
     rate_mailbox: str | None = None  # what the caps count by (gateway/confirm.py)
     rate_domain: str | None = None
     client_net: str | None = None
+    # Authentication could not be decided (DNS temporary failure): queued `deferred`, checked again later.
+    deferred: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +104,8 @@ class OutboxJob:
     in_reply_to: str | None
     attempts: int
     created_at: datetime
+    state: str = "queued"  # deferred: its sender's authentication is to be checked again first
+    message_pk: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

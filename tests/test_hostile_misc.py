@@ -21,7 +21,7 @@ from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.exc import OperationalError
 
 from storage.errors import is_outage
-from tests.conftest import RunningGateway, run_cli, self_signed_pair
+from tests.conftest import RunningGateway, run_cli, self_signed_pair, suite_env
 
 
 def _mail(headers: tuple[str, ...] = ()) -> bytes:
@@ -136,7 +136,7 @@ def test_auth_is_not_advertised_without_authentication(gateway_factory, tmp_path
 
 
 def _cli(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ABUSE_GATEWAY_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ABUSE_GATEWAY_")} | suite_env()
     return subprocess.run(
         [sys.executable, "-m", "gateway", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=60
     )

@@ -15,13 +15,13 @@ import click
 import pytest
 
 from gateway.cli import EX_TEMPFAIL, EX_USAGE, main
-from tests.conftest import free_port, load_eml, self_signed_pair
+from tests.conftest import free_port, load_eml, self_signed_pair, suite_env
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _run(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("ABUSE_GATEWAY_")}
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("ABUSE_GATEWAY_")} | suite_env()
     proc = subprocess.run(
         [sys.executable, "-m", "gateway", *args],
         capture_output=True,

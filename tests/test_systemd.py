@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import self_signed_pair
+from tests.conftest import self_signed_pair, suite_env
 
 ROOT = Path(__file__).resolve().parents[1]
 UNITS = ROOT / "systemd"
@@ -295,7 +295,7 @@ class Deployment:
 def _clean_env() -> dict[str, str]:
     """No configuration or systemd variables leak in from the environment running the tests."""
     prefixes = ("ABUSE_GATEWAY_", "NOTIFY_SOCKET", "WATCHDOG_", "LISTEN_")
-    return {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
+    return {k: v for k, v in os.environ.items() if not k.startswith(prefixes)} | suite_env()
 
 
 @pytest.fixture

@@ -17,12 +17,14 @@ their commands on the groups, and the import graph stays acyclic (tests/test_imp
     outbox.py       outbox list, show
     operations.py   serve, ingest, reprocess, db upgrade, check-config, purge, audit list
     users.py        users add, list, passwd, disable, enable, role (the web desk's people)
+    dkim.py         dkim keygen
 """
 
 from gateway.cli import (  # noqa: F401 (registers)
     cases,
     casework,
     compartment,
+    dkim,
     evidence,
     operations,
     outbox,

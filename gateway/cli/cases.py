@@ -204,6 +204,7 @@ def cases_show(ctx: click.Context, case_id: str, as_json: bool, metadata: bool, 
             _say(f"Envelope sender: {_v(sender) or '<> (null sender)'}")
         _say(f"Envelope recipients: {', '.join(_v(r) for r in message.get('recipients') or []) or '-'}")
         _say(f"Client address: {_v(message.get('client_addr')) or '-'}")
+        _say(f"Authentication: {_v(message.get('authentication')) or 'not checked'}")
         _say(f"Size: {message.get('size') or '-'} bytes  sha256 {_v(message['sha256'])}")
         if message.get("message_id"):
             _say(f"Message-ID: {_v(message['message_id'])}")

@@ -282,6 +282,13 @@ def check_config(ctx: click.Context, config_path: str | None) -> None:
     from storage.engine import store_location
 
     problems = file_problems(config)
+    from gateway.signing import DkimKeyError, Signer, published_key_notes
+
+    try:
+        signer = Signer.from_config(config)  # issue 22: the keys load and sign, or serve would fail
+    except DkimKeyError as exc:
+        problems.append(str(exc))
+        signer = None
     for problem in problems:
         click.echo(f"abuse-gateway: configuration error: {problem}", err=True)
     if problems:
@@ -291,6 +298,8 @@ def check_config(ctx: click.Context, config_path: str | None) -> None:
     _print_json(effective_settings(config))
     for note in warnings_for(config):
         click.echo(f"warning: {note}", err=True)
+    for note in published_key_notes(config, signer) if signer is not None else []:
+        click.echo(note, err=True)
 
 
 @main.command()

@@ -28,9 +28,10 @@ def outbox_list(ctx: click.Context, case_id: str | None, as_json: bool) -> None:
         _print_json(rows)
         return
     for row in rows:
+        why = " ".join(part for part in (row["suppressed_reason"], row["last_error"]) if part)
         _say(
             f"{row['id']:>6}  {_v(row['case_id'])}  {_v(row['kind']):<15} {_v(row['state']):<10} "
-            f"attempts={row['attempts']}  {_v(row['last_error'] or row['suppressed_reason'] or '')}"
+            f"attempts={row['attempts']}  {_v(why)}"
         )
 
 
