@@ -258,6 +258,13 @@ class IntakeCommit:
                     rate_mailbox=decision.confirm.rate_mailbox,
                     rate_domain=decision.confirm.rate_domain,
                     client_net=decision.confirm.client_net,
+                    language=decision.confirm.language,
+                    # The receipt's message count is this message's place in the case (issue 21).
+                    receipt=(
+                        {**decision.confirm.receipt, "messages": index}
+                        if decision.confirm.receipt is not None
+                        else None
+                    ),
                 ),
             )
         if decision.bounced:

@@ -66,6 +66,21 @@ class ConfirmRequest:
     rate_mailbox: str | None = None  # what the caps count by (gateway/confirm.py)
     rate_domain: str | None = None
     client_net: str | None = None
+    language: str | None = None  # what the mail is written in (issue 21)
+    # Counts and digests only (issue 21): {"links": n, "attachments": [sha256, …]}; the store adds "messages".
+    receipt: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeskMail:
+    """A mail the desk wrote to one reporter (issue 21), queued as it is; the worker adds the headers."""
+
+    recipient: str
+    subject: str
+    body: str
+    language: str
+    message_id: str
+    in_reply_to: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +95,12 @@ class OutboxJob:
     in_reply_to: str | None
     attempts: int
     created_at: datetime
+    language: str | None = None
+    receipt: dict[str, Any] | None = None
+    subject: str | None = None  # a desk reply or state notice: what the desk wrote (issue 21)
+    body: str | None = None
+    status_generation: int = 0  # the case's, for the status link the mail carries
+    received_at: datetime | None = None  # when the case opened
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,6 +30,7 @@ from storage.records import (
     Resolver,
     ThreadDecision,
 )
+from storage.reporter import Reporters
 from storage.reprocess import Reprocess
 from storage.retention import Retention
 from storage.util import is_integrity_error
@@ -69,6 +70,7 @@ class CaseStore:
         self.desk = Desk(engine)
         self.outbox = Outbox(engine, self.worker_id)
         self.retention = Retention(engine)
+        self.reporters = Reporters(engine)  # issue 21: replies, state, status page
 
         self.claim_inbox = self.claims.claim_inbox
         self.release_dead_claims = self.claims.release_dead_claims
