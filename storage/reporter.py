@@ -20,7 +20,7 @@ from sqlmodel import Session, select
 from storage.lookups import _SessionLookup
 from storage.models import AuditEvent, Case, CaseEvent, Message, OutboxRow
 from storage.records import DeskMail
-from storage.util import _aware, _iso, _now
+from storage.util import _aware, _now
 
 REPORTER_STATES = ("received", "in_review", "action_taken", "closed")
 
@@ -144,12 +144,19 @@ class Reporters:
                 return None
             reporter, others = _recipients(session, case)
             count = session.exec(select(func.count(Message.id)).where(Message.case_pk == case.id)).one()
+            language = session.exec(
+                select(OutboxRow.language)
+                .where(OutboxRow.case_pk == case.id, OutboxRow.language.is_not(None))
+                .order_by(OutboxRow.id)
+                .limit(1)
+            ).first()
             return {
                 "case_id": case.case_id,
-                "received_at": _iso(case.created_at),
+                "language": language,
+                "received_at": _aware(case.created_at),
                 "messages": int(count),
                 "state": case.reporter_state,
-                "state_at": _iso(case.reporter_state_at or case.created_at),
+                "state_at": _aware(case.reporter_state_at or case.created_at),
                 "generation": case.status_generation,
                 "recipients": [r for r in [reporter, *others] if r],
             }
