@@ -206,6 +206,10 @@ def confirm_policy(config: Config) -> object:
 
 # ---- the mail --------------------------------------------------------------------------------------------
 
+# Non-ASCII text goes out quoted-printable or base64 (whichever is shorter), never 8bit (issue 21).
+_SEVEN_BIT = email.policy.default.clone(cte_type="7bit")
+
+
 class UnsendableJob(Exception):
     """A row no confirmation can be built for (a recipient an older version queued unchecked): the row
     fails, the worker goes on."""
@@ -220,7 +224,7 @@ def build_message(config: Config, job: OutboxJob, key: bytes) -> EmailMessage:
     local, _, domain = sender.partition("@")
     reply_to = f"{local}+{make_reply_token(job.case_id, key)}@{domain}"
     subject, body = compose(config, job, key, reply_to)  # our words only, in the job's language (issue 21)
-    message = EmailMessage()
+    message = EmailMessage(policy=_SEVEN_BIT)
     message["From"] = sender
     message["To"] = job.recipient
     message["Subject"] = subject  # RFC 2047-encoded by the policy when not ASCII
@@ -236,7 +240,7 @@ def build_message(config: Config, job: OutboxJob, key: bytes) -> EmailMessage:
         message["Auto-Submitted"] = "auto-generated" if job.kind == "state" else "auto-replied"  # RFC 3834 §5
     message["X-Auto-Response-Suppress"] = "All"  # Exchange: no out-of-office back to us
     message[LOOP_HEADER] = loop_signature(key, message_id)
-    # ASCII goes out 7bit; anything else as UTF-8, quoted-printable or base64, whichever the policy picks.
+    # ASCII goes out 7bit; anything else as UTF-8, quoted-printable or base64 (_SEVEN_BIT picks).
     message.set_content(body, charset="utf-8")
     return message
 
