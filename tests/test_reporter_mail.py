@@ -282,3 +282,24 @@ def test_every_language_keeps_the_case_tag_and_goes_out_7bit(tmp_path: Path, lan
         text = mail.get_content()
         assert "ab" * 32 in text and "3" in text and "https://status.example.org/s/abu-4v56-rjbv." in text
         assert "{" not in text and "}" not in text
+
+
+def test_reply_to_participants_reaches_the_reporter_of_a_merged_case_too(
+    gateway_factory, store_url: str, smtp_sink: Sink, tmp_path: Path
+) -> None:
+    gateway = _gateway(gateway_factory, store_url, smtp_sink)
+    gateway.send(REPORT)
+    gateway.send(_answer("the same page"), mail_from="second@example.com")
+    smtp_sink.wait_for(2)
+    gateway.wait_idle()
+    first, second = sorted(gateway.store.list_cases(), key=lambda c: c["created_at"])
+    config = _config_file(gateway, tmp_path)
+    run_cli(config, "cases", "merge", second["case_id"], first["case_id"])
+    run_cli(config, "cases", "reply", first["case_id"], "--to-participants", input=b"Thank you both.\n")
+    replies = [(rcpts, raw) for _, rcpts, raw in smtp_sink.wait_for(4)[2:]]
+    assert sorted(r for rcpts, _ in replies for r in rcpts) == ["reporter@example.net", "second@example.com"]
+    for _, raw in replies:
+        assert f"[{first['case_id']}]".encode() in raw and b"Thank you both." in raw
+    # Without the flag only the reporter is written to.
+    run_cli(config, "cases", "reply", first["case_id"], input=b"Only you.\n")
+    assert smtp_sink.wait_for(5)[4][1] == ["reporter@example.net"]

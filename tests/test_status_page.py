@@ -192,3 +192,24 @@ def test_in_chromium_no_script_runs_and_nothing_is_fetched_from_another_origin(
             assert any(url.endswith("/static/status.css") for url in requests)
         finally:
             browser.close()
+
+
+def test_status_links_survive_a_key_rotation_with_the_old_key_listed(
+    gateway_factory, store_url: str, smtp_sink: Sink, serve_status, tmp_path: Path
+) -> None:
+    gateway, _case_id, path = _case_with_link(gateway_factory, store_url, smtp_sink)
+    config = gateway.service.config
+    old = config.confirm.secret_file
+    new = tmp_path / "new.key"
+    new.write_bytes(b"f" * 64 + b"\n")
+    new.chmod(0o600)
+    rotated = config.model_copy(
+        update={
+            "confirm": config.confirm.model_copy(update={"secret_file": str(new), "old_secret_files": (old,)})
+        }
+    )
+    assert serve_status(rotated).get(path)[0] == 200
+    dropped = rotated.model_copy(
+        update={"confirm": rotated.confirm.model_copy(update={"old_secret_files": ()})}
+    )
+    assert serve_status(dropped).get(path)[0] == 404
