@@ -15,12 +15,15 @@ first 4 KB of the text when it is confident and one of ours, else `[confirm] def
 from __future__ import annotations
 
 import functools
+import logging
 import re
 import tomllib
 from pathlib import Path
 from typing import Any
 
 from parsers.types import ParsedMessage
+
+log = logging.getLogger("abuse_gateway.reporter_texts")
 
 LANGUAGES = ("en", "de", "fr", "es", "pt", "ru", "zh", "ja")
 PLACEHOLDERS = frozenset(
@@ -87,7 +90,12 @@ def texts(language: str, templates_dir: str | None) -> dict[str, str]:
     if language != "en":
         merged.update(_toml(_SHIPPED / f"{language}.toml"))
     if templates_dir:
-        merged.update(_toml(Path(templates_dir) / f"{language}.toml"))
+        try:
+            merged.update(_toml(Path(templates_dir) / f"{language}.toml"))
+        except TemplateError as exc:
+            # A broken override must not stop every confirmation in that language: ours go out instead,
+            # and the log names the file to fix.
+            log.error("reporter texts override ignored: %s", exc)
     return merged
 
 

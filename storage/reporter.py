@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import Engine, func
 from sqlmodel import Session, select
 
+from storage.links import follow_merges
 from storage.lookups import _SessionLookup
 from storage.models import AuditEvent, Case, CaseEvent, Message, OutboxRow
 from storage.records import DeskMail
@@ -137,11 +138,14 @@ class Reporters:
 
     def status_view(self, case_id: str) -> dict[str, Any] | None:
         """The status page's facts, and the addresses a token may have been minted for (to verify its
-        MAC, never to show). A merged case is not followed: its links name a case that no longer stands."""
+        MAC, never to show). A link to a case merged since shows the case that holds its messages now; it
+        is verified against the case it names (its generation, its reporters)."""
         with Session(self.engine) as session:
-            case = session.exec(select(Case).where(Case.case_id == case_id.upper())).first()
-            if case is None or case.status == "merged":
+            named = session.exec(select(Case).where(Case.case_id == case_id.upper())).first()
+            if named is None:
                 return None
+            case = session.get(Case, follow_merges(session, named.id or 0)) or named
+            # A merged case's messages (and so its reporters, now participants) are in the target.
             reporter, others = _recipients(session, case)
             count = session.exec(select(func.count(Message.id)).where(Message.case_pk == case.id)).one()
             language = session.exec(
@@ -157,6 +161,6 @@ class Reporters:
                 "messages": int(count),
                 "state": case.reporter_state,
                 "state_at": _aware(case.reporter_state_at or case.created_at),
-                "generation": case.status_generation,
+                "generation": named.status_generation,
                 "recipients": [r for r in [reporter, *others] if r],
             }

@@ -130,3 +130,8 @@ def test_rate_limit_counts_an_ipv6_64_as_one_client_and_refills_with_time() -> N
 def test_forwarded_for_counts_only_behind_a_trusted_proxy() -> None:
     assert client_key(_request("10.0.0.1", "198.51.100.7"), ()) == "10.0.0.1"
     assert client_key(_request("10.0.0.1", "1.2.3.4, 198.51.100.7"), ("10.0.0.1",)) == "198.51.100.7"
+
+
+def test_a_broken_override_falls_back_to_the_shipped_text(tmp_path) -> None:
+    (tmp_path / "fr.toml").write_text('confirmation_body = "Vous avez écrit : {text}"\n')
+    assert texts("fr", str(tmp_path))["confirmation_body"] == texts("fr", None)["confirmation_body"]

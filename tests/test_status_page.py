@@ -213,3 +213,18 @@ def test_status_links_survive_a_key_rotation_with_the_old_key_listed(
         update={"confirm": rotated.confirm.model_copy(update={"old_secret_files": ()})}
     )
     assert serve_status(dropped).get(path)[0] == 404
+
+
+def test_a_link_to_a_case_merged_since_shows_the_case_that_holds_its_messages(
+    gateway_factory, store_url: str, smtp_sink: Sink, serve_status
+) -> None:
+    gateway, case_id, path = _case_with_link(gateway_factory, store_url, smtp_sink)
+    gateway.send(REPORT.replace(b"report-1@", b"report-2@"), mail_from="second@example.com")
+    smtp_sink.wait_for(2)
+    gateway.wait_idle()
+    [other] = [c["case_id"] for c in gateway.store.list_cases() if c["case_id"] != case_id]
+    from gateway.assembly import build_casework
+
+    build_casework(gateway.service.config).merge(case_id, other, "desk")
+    fields = _fields(serve_status(gateway.service.config).get(path)[2])
+    assert fields["case"] == other and fields["messages"] == "2"
