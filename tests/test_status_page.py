@@ -228,3 +228,32 @@ def test_a_link_to_a_case_merged_since_shows_the_case_that_holds_its_messages(
     build_casework(gateway.service.config).merge(case_id, other, "desk")
     fields = _fields(serve_status(gateway.service.config).get(path)[2])
     assert fields["case"] == other and fields["messages"] == "2"
+
+
+def test_the_status_page_command_serves_its_own_listener_and_stops_on_sigterm(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import run_cli, wait_for_port
+
+    port = free_port()
+    config = tmp_path / "status.toml"
+    config.write_text(
+        f'[store]\nurl = "{sqlite_url}"\nspool_dir = "{tmp_path}/spool"\n'
+        f'[confirm]\nsecret_file = "{tmp_path}/key"\n[status]\nlisten = "127.0.0.1:{port}"\n'
+    )
+    run_cli(config, "db", "upgrade")
+    binary = Path(sys.executable).with_name("abuse-gateway")
+    process = subprocess.Popen([str(binary), "status-page", "--config", str(config)])
+    try:
+        wait_for_port(port)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as response:
+            assert response.read() == b"ok\n"
+            assert "default-src 'none'" in response.headers["content-security-policy"]
+    finally:
+        process.send_signal(signal.SIGTERM)
+        # uvicorn shuts down gracefully, then re-raises the signal: systemd counts SIGTERM as a clean stop.
+        assert process.wait(timeout=15) in (0, -signal.SIGTERM)
