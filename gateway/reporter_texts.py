@@ -112,6 +112,17 @@ def reply_template(name: str, language: str, templates_dir: str | None) -> tuple
     raise TemplateError(f"no reply template {name!r} (shipped: {', '.join(REPLY_TEMPLATES)})")
 
 
+def available_templates(templates_dir: str | None) -> list[str]:
+    """Reply template names the desk may choose (shipped and the operator's), for a form's choice list."""
+    names = set(REPLY_TEMPLATES)
+    if templates_dir and Path(templates_dir).is_dir():
+        for path in Path(templates_dir).glob("*.txt"):
+            name = path.name.split(".")[0]
+            if re.fullmatch(r"[a-z0-9][a-z0-9-]{0,40}", name):
+                names.add(name)
+    return sorted(names)
+
+
 def split_subject(text: str) -> tuple[str, str]:
     """A desk text's `Subject:` first line, if any, and the rest (the blank line after it dropped)."""
     text = text.replace("\r\n", "\n").lstrip("\ufeff")

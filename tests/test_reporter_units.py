@@ -135,3 +135,11 @@ def test_forwarded_for_counts_only_behind_a_trusted_proxy() -> None:
 def test_a_broken_override_falls_back_to_the_shipped_text(tmp_path) -> None:
     (tmp_path / "fr.toml").write_text('confirmation_body = "Vous avez écrit : {text}"\n')
     assert texts("fr", str(tmp_path))["confirmation_body"] == texts("fr", None)["confirmation_body"]
+
+
+def test_available_templates_lists_the_shipped_and_the_operators(tmp_path) -> None:
+    from gateway.reporter_texts import available_templates
+
+    (tmp_path / "abuse-gone.txt").write_text("Subject: x\n\ny\n")
+    (tmp_path / "abuse-gone.de.txt").write_text("Subject: x\n\ny\n")
+    assert available_templates(str(tmp_path)) == ["abuse-gone", "action-taken", "need-more-info", "not-ours"]
