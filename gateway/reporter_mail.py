@@ -42,7 +42,8 @@ def status_link(config: Config, case_id: str, generation: int, recipient: str, k
 
 
 def status_line(config: Config, words: dict[str, str], link: str | None) -> str:
-    return render(words["status_line"], {"status_link": link}) if link else ""
+    # Set off by a blank line before it (the templates put `{status_line}` right under a paragraph).
+    return "\n" + render(words["status_line"], {"status_link": link}) if link else ""
 
 
 def tagged_subject(subject: str, case_id: str) -> str:

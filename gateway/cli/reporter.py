@@ -34,7 +34,13 @@ def _fail(ctx: click.Context, exc: Exception) -> None:
 @cases.command("reply")
 @with_config
 @click.argument("case_id")
-@click.option("--file", "path", type=click.Path(dir_okay=False), default=None, help="the text ('-': stdin)")
+@click.option(
+    "--file",
+    "path",
+    type=click.Path(dir_okay=False, exists=True, allow_dash=True),
+    default=None,
+    help="the text ('-': stdin)",
+)
 @click.option("--template", default=None, metavar="NAME", help="need-more-info, action-taken, not-ours, …")
 @click.option("--to-participants", is_flag=True, help="also to the case's verified participants")
 @click.pass_context
