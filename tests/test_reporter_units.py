@@ -106,7 +106,9 @@ def test_operator_overrides_a_text_and_adds_a_reply_template(tmp_path) -> None:
     assert texts("de", str(tmp_path))["confirmation_subject"] == "[{case_id}] Danke, angekommen"
     assert texts("de", str(tmp_path))["state_closed"] == "abgeschlossen"
     assert reply_template("hello", "de", str(tmp_path)) == ("Hallo", "Hallo {case_id}\n")
-    assert reply_template("need-more-info", "de", str(tmp_path))[0].startswith("We need")
+    assert reply_template("need-more-info", "de", str(tmp_path))[0].startswith("Wir benötigen")
+    (tmp_path / "need-more-info.txt").write_text("Subject: Ours\n\nOurs\n")  # the operator's wins
+    assert reply_template("need-more-info", "de", str(tmp_path))[0] == "Ours"
     with pytest.raises(TemplateError):
         reply_template("../etc/passwd", "en", str(tmp_path))
 
@@ -143,3 +145,14 @@ def test_available_templates_lists_the_shipped_and_the_operators(tmp_path) -> No
     (tmp_path / "abuse-gone.txt").write_text("Subject: x\n\ny\n")
     (tmp_path / "abuse-gone.de.txt").write_text("Subject: x\n\ny\n")
     assert available_templates(str(tmp_path)) == ["abuse-gone", "action-taken", "need-more-info", "not-ours"]
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_every_shipped_reply_template_exists_in_every_language_with_a_subject(language: str) -> None:
+    from gateway.reporter_texts import REPLY_TEMPLATES
+
+    for name in REPLY_TEMPLATES:
+        subject, body = reply_template(name, language, None)
+        assert subject and "{case_id}" in body
+        if language != "en":
+            assert subject != reply_template(name, "en", None)[0]
