@@ -34,7 +34,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 from gateway import metrics
 from gateway.config import Config, ConfigError
 from gateway.reporter_mail import compose, receipt_of
-from gateway.reporter_texts import choose_language
+from gateway.reporter_texts import report_language
 from parsers.address import (
     client_network,
     has_control,
@@ -192,11 +192,15 @@ def confirm_policy(config: Config) -> object:
                 reason = "rate_limited_network"
         if reason is not None:
             return ConfirmRequest(recipient=sender, kind=kind, suppressed_reason=reason, **keys)
+        # Issue 21: the report's language; else the case's (the store keeps that of its first mail to the
+        # reporter, so a bare "here is the password" gets the case's language), else the default.
+        told = report_language(item.parsed)
         return ConfirmRequest(
             recipient=sender,
             kind=kind,
             message_id=make_msgid(domain=domain)[1:-1],
-            language=choose_language(item.parsed, language),  # issue 21: the report's, else the default
+            language=told or language,
+            language_is_default=told is None,
             receipt=receipt_of(item.parsed, item.indicators),  # counts and digests, never names or text
             **keys,
         )

@@ -160,9 +160,10 @@ def detect_language(text: str) -> str | None:
     return language if language in LANGUAGES and probability >= _DETECT_CONFIDENCE else None
 
 
+def report_language(parsed: ParsedMessage) -> str | None:
+    """The report's language when it tells (header, or a confident identifier), else None."""
+    return _content_language(parsed) or detect_language(parsed.text or parsed.html_text or "")
+
+
 def choose_language(parsed: ParsedMessage, default: str) -> str:
-    return (
-        _content_language(parsed)
-        or detect_language(parsed.text or parsed.html_text or "")
-        or (default if default in LANGUAGES else "en")
-    )
+    return report_language(parsed) or (default if default in LANGUAGES else "en")

@@ -67,6 +67,7 @@ class ConfirmRequest:
     rate_domain: str | None = None
     client_net: str | None = None
     language: str | None = None  # what the mail is written in (issue 21)
+    language_is_default: bool = False  # the message gave no clue: a case's earlier language wins
     # Counts and digests only (issue 21): {"links": n, "attachments": [sha256, …]}; the store adds "messages".
     receipt: dict[str, Any] | None = None
 

@@ -303,3 +303,19 @@ def test_reply_to_participants_reaches_the_reporter_of_a_merged_case_too(
     # Without the flag only the reporter is written to.
     run_cli(config, "cases", "reply", first["case_id"], input=b"Only you.\n")
     assert smtp_sink.wait_for(5)[4][1] == ["reporter@example.net"]
+
+
+def test_a_bare_follow_up_is_acknowledged_in_the_language_of_its_case(
+    gateway_factory, store_url: str, smtp_sink: Sink
+) -> None:
+    gateway = _gateway(gateway_factory, store_url, smtp_sink)
+    gateway.send(load_eml("report_german_text.eml"), mail_from="melder@example.net")
+    smtp_sink.wait_for(1)
+    case_id = gateway.store.list_cases()[0]["case_id"]
+    follow_up = (
+        f"From: melder@example.net\r\nTo: abuse@example.org\r\nSubject: Re: [{case_id}]\r\n"
+        f"Message-ID: <{uuid.uuid4().hex}@mail.example.net>\r\n\r\nPIN: 4711\r\n"
+    ).encode()  # nothing to tell a language by
+    gateway.send(follow_up, mail_from="melder@example.net")
+    ack = _mails(smtp_sink, 2)[1]
+    assert ack["Subject"] == f"[{case_id}] Zu Ihrem Fall hinzugefügt"
