@@ -19,6 +19,7 @@ import logging
 import os
 from collections.abc import Callable, Iterable, Sequence
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import Engine
 
@@ -134,6 +135,15 @@ def build_intake_worker(
 
 def build_confirm_worker(config: Config, store: CaseStore) -> ConfirmWorker:
     return ConfirmWorker(config, store.outbox)
+
+
+def build_status_app(config: Config, engine: Engine | None = None) -> Any:
+    """The reporters' status page (issue 21): only the store's status read model and the token keys."""
+    from gateway.status_page import build_app
+    from storage.reporter import Reporters
+
+    reporters = Reporters(engine or make_engine(config.store.url))
+    return build_app(config, reporters.status_view, load_token_keys(config))
 
 
 def release_dead_claims(store: CaseStore) -> int:

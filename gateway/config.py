@@ -251,6 +251,29 @@ class StatusConfig(_Section):
     """The reporters' status page (`abuse-gateway status-page`, issue 21): Internet-facing, no content."""
 
     listen: str = "127.0.0.1:8026"
+    # The public root of the status page (e.g. "https://status.abuse.example"); when set, confirmations and
+    # notices link `<base_url>/s/<token>`. Unset: no link is given out (the page still answers).
+    base_url: str | None = None
+    # Per client (an IPv4 address, an IPv6 /64), an in-process token bucket: this many requests a minute,
+    # bursts of `rate_burst`; beyond it, 429. Behind a reverse proxy every client looks the same unless the
+    # proxy's address is listed in `trusted_proxies` (then X-Forwarded-For's last hop is the client).
+    rate_per_minute: int = Field(default=30, ge=1)
+    rate_burst: int = Field(default=10, ge=1)
+    trusted_proxies: tuple[str, ...] = ()
+
+    @field_validator("listen")
+    @classmethod
+    def _status_listen(cls, value: str) -> str:
+        return _hostport(value)
+
+    @field_validator("base_url")
+    @classmethod
+    def _base_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if not value.startswith(("https://", "http://")) or any(c in value for c in " \t\r\n<>\"'{}"):
+            raise ValueError("must be an http(s) URL without spaces or quotes")
+        return value.rstrip("/")
 
 
 # --- the status page's keys end here ---
@@ -259,6 +282,10 @@ class StatusConfig(_Section):
 class ReplyConfig(_Section):
     """Answers from the desk to reporters (`cases reply`, issue 21)."""
 
+    # Overrides of the gateway's words to reporters (issue 21), one directory for all of them:
+    # `<name>.txt` / `<name>.<lang>.txt` are reply templates (`cases reply --template NAME`; first line
+    # `Subject: …`), `<lang>.toml` overrides any key of the shipped texts (gateway/texts/<lang>.toml:
+    # confirmation, acknowledgement, receipt, state notices, status page) for that language.
     templates_dir: str | None = None
 
 

@@ -35,6 +35,8 @@ from gateway import metrics
 from gateway.auth_defer import recheck
 from gateway.config import Config, ConfigError
 from gateway.mailauth import Checker
+from gateway.reporter_mail import compose, receipt_of
+from gateway.reporter_texts import report_language
 from gateway.signing import Signer, UnsignedMail, is_signed
 from parsers.address import (
     client_network,
@@ -170,6 +172,7 @@ def confirm_policy(config: Config) -> object:
     prefixes = (config.confirm.network_prefix_v4, config.confirm.network_prefix_v6)
     # `abuse@localhost`, the built-in development default, is exempt (the tour); a real from is not.
     require_authenticated = config.confirm.require_authenticated and domain != "localhost"
+    language = config.confirm.default_language
 
     def decide(item: PreparedMessage, lookup: Lookup, opening: bool) -> ConfirmRequest | None:
         sender = (item.entry.mail_from or "").strip(" \t").lower()
@@ -199,41 +202,27 @@ def confirm_policy(config: Config) -> object:
                 reason = "rate_limited_network"
         if reason is not None:
             return ConfirmRequest(recipient=sender, kind=kind, suppressed_reason=reason, **keys)
-        message_id = make_msgid(domain=domain)[1:-1]
-        return ConfirmRequest(recipient=sender, kind=kind, message_id=message_id, deferred=deferred, **keys)
+        # Issue 21: the report's language; else the case's (the store keeps that of its first mail to the
+        # reporter, so a bare "here is the password" gets the case's language), else the default.
+        told = report_language(item.parsed)
+        return ConfirmRequest(
+            recipient=sender,
+            kind=kind,
+            message_id=make_msgid(domain=domain)[1:-1],
+            language=told or language,
+            language_is_default=told is None,
+            receipt=receipt_of(item.parsed, item.indicators),  # counts and digests, never names or text
+            deferred=deferred,
+            **keys,
+        )
 
     return decide
 
 
 # ---- the mail --------------------------------------------------------------------------------------------
 
-# Lines stay under 78 characters (RFC 5322 §2.1.1) so the mail goes out as plain 7bit text.
-_CONFIRMATION_BODY = """\
-Hello,
-
-we received your report and opened case {case_id}.
-
-What happens next: the abuse team reviews every report. You will hear from
-us if we need anything else.
-
-To add information (a missing password, another sample, a correction),
-reply to this message and keep {case_id} in the subject,
-or write to {reply_to}
-Everything you send joins the same case.
-
-This is an automatic message; please do not reply only to say thank you.
-"""
-
-_ACK_BODY = """\
-Hello,
-
-your message was added to case {case_id}.
-
-To add more, reply to this message and keep {case_id} in the subject,
-or write to {reply_to}
-
-This is an automatic message.
-"""
+# Non-ASCII text goes out quoted-printable or base64 (whichever is shorter), never 8bit (issue 21).
+_SEVEN_BIT = email.policy.default.clone(cte_type="7bit")
 
 
 class UnsendableJob(Exception):
@@ -249,15 +238,11 @@ def build_message(config: Config, job: OutboxJob, key: bytes) -> EmailMessage:
     sender = config.confirm.from_
     local, _, domain = sender.partition("@")
     reply_to = f"{local}+{make_reply_token(job.case_id, key)}@{domain}"
-    message = EmailMessage()
+    subject, body = compose(config, job, key, reply_to)  # our words only, in the job's language (issue 21)
+    message = EmailMessage(policy=_SEVEN_BIT)
     message["From"] = sender
     message["To"] = job.recipient
-    if job.kind == "confirmation":
-        message["Subject"] = config.confirm.subject_template.format(case_id=job.case_id)
-        body = _CONFIRMATION_BODY
-    else:
-        message["Subject"] = f"[{job.case_id}] Added to your case"
-        body = _ACK_BODY
+    message["Subject"] = subject  # RFC 2047-encoded by the policy when not ASCII
     message["Date"] = format_datetime(datetime.now(UTC))
     message_id = job.message_id or make_msgid(domain=domain)[1:-1]
     message["Message-ID"] = f"<{message_id}>"
@@ -266,10 +251,12 @@ def build_message(config: Config, job: OutboxJob, key: bytes) -> EmailMessage:
         message["In-Reply-To"] = f"<{job.in_reply_to}>"
         message["References"] = f"<{job.in_reply_to}>"
     message["Reply-To"] = reply_to
-    message["Auto-Submitted"] = "auto-replied"  # RFC 3834 §5
+    if job.kind != "reply":  # a desk reply is written by a person; everything else is automatic
+        message["Auto-Submitted"] = "auto-generated" if job.kind == "state" else "auto-replied"  # RFC 3834 §5
     message["X-Auto-Response-Suppress"] = "All"  # Exchange: no out-of-office back to us
     message[LOOP_HEADER] = loop_signature(key, message_id)
-    message.set_content(body.format(case_id=job.case_id, reply_to=reply_to))
+    # ASCII goes out 7bit; anything else as UTF-8, quoted-printable or base64 (_SEVEN_BIT picks).
+    message.set_content(body, charset="utf-8")
     return message
 
 

@@ -167,6 +167,19 @@ class Desk:
                         .order_by(OutboxRow.id)
                     ).all()
                 ],
+                # Issue 21: what the reporter sees, and the desk's own mails as they were sent (our text).
+                "reporter_state": case.reporter_state,
+                "reporter_state_at": _iso(case.reporter_state_at),
+                "desk_mail": {
+                    str(row_id): bytes(raw).decode("utf-8", "replace")  # 7bit by construction
+                    for row_id, raw in session.exec(
+                        select(OutboxRow.id, OutboxRow.raw).where(
+                            OutboxRow.case_pk == case.id,
+                            OutboxRow.kind.in_(("reply", "state")),
+                            OutboxRow.raw.is_not(None),
+                        )
+                    ).all()
+                },
                 "events": [{"at": _iso(at), "kind": k, "detail": d} for at, k, d in events],
                 "notes": casenotes.notes_view(session, case.id),  # issue 20
             }

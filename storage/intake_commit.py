@@ -245,6 +245,15 @@ class IntakeCommit:
             suppressed = decision.confirm.suppressed_reason
             # issue 22: a sender whose authentication DNS could not decide waits, to be checked again
             deferred = decision.confirm.deferred and not suppressed
+            language = decision.confirm.language
+            if decision.confirm.language_is_default and not opened:  # issue 21: keep the case's language
+                earlier = session.execute(
+                    select(OutboxRow.language)
+                    .where(OutboxRow.case_pk == case_pk, OutboxRow.language.is_not(None))
+                    .order_by(OutboxRow.id)
+                    .limit(1)
+                ).scalar()
+                language = earlier or language
             session.execute(
                 insert(OutboxRow.__table__),
                 dict(
@@ -262,6 +271,13 @@ class IntakeCommit:
                     rate_mailbox=decision.confirm.rate_mailbox,
                     rate_domain=decision.confirm.rate_domain,
                     client_net=decision.confirm.client_net,
+                    language=language,
+                    # The receipt's message count is this message's place in the case (issue 21).
+                    receipt=(
+                        {**decision.confirm.receipt, "messages": index}
+                        if decision.confirm.receipt is not None
+                        else None
+                    ),
                 ),
             )
         if decision.bounced:

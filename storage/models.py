@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, Index, LargeBinary, UniqueConstraint, true
+from sqlalchemy import JSON, Column, DateTime, Index, LargeBinary, Text, UniqueConstraint, true
 from sqlalchemy import text as sql_text  # `text` is a column of Message
 from sqlmodel import Field, SQLModel
 
@@ -90,6 +90,14 @@ class Case(SQLModel, table=True):
     # Set when the desk merged this case into another (status `merged`): mail that names this case's ID
     # joins that one, and the ID is never given out again (issue 16).
     merged_into_pk: int | None = Field(default=None, foreign_key="cases.id", nullable=True)
+    # What the reporter sees on the status page (issue 21): received | in_review | action_taken | closed,
+    # set only by a desk action (audited), with when it was set (None: since the case opened).
+    reporter_state: str = Field(
+        default="received", max_length=16, sa_column_kwargs={"server_default": "received"}
+    )
+    reporter_state_at: datetime | None = _ts(default=None, nullable=True)
+    # Part of every status-page token's MAC: raising it revokes every link given out before.
+    status_generation: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
 
     # A new report looks up the same reporter's recent open cases to link them (issue 16).
     __table_args__ = (
@@ -222,7 +230,7 @@ class OutboxRow(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     case_pk: int = Field(foreign_key="cases.id", index=True)
     message_pk: int | None = Field(default=None, foreign_key="messages.id")
-    kind: str = Field(default="confirmation", max_length=16)  # confirmation | acknowledgement
+    kind: str = Field(default="confirmation", max_length=16)  # confirmation | acknowledgement | reply | state
     recipient: str = Field(default="", index=True)  # the per-address confirmation cap counts by it
     # What the caps count by (issue 15): the normalised mailbox, the registrable domain, the client network.
     rate_mailbox: str | None = Field(default=None, index=True)
@@ -245,6 +253,16 @@ class OutboxRow(SQLModel, table=True):
     # The exact bytes handed to the smarthost (or written as .eml): what the reporter was sent, for the
     # desk to show when a reporter asks (issue 17). Our own text, never the report's.
     raw: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
+    # Issue 21. The language the mail is written in (en, de, …), chosen when the row is queued.
+    language: str | None = Field(default=None, max_length=8)
+    # A confirmation's or acknowledgement's receipt, counts and digests only: {"messages": n, "links": n,
+    # "attachments": [sha256, …]}. Never a filename or a word of the report.
+    receipt: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    # A desk reply or state notice: the subject and text the desk wrote (our words, not the report's), and
+    # the Message-ID of our last message to this recipient, which it answers.
+    subject: str | None = None
+    body: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    in_reply_to: str | None = None
 
 
 class CaseEvent(SQLModel, table=True):

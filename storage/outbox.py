@@ -32,6 +32,7 @@ def _outbox_view(row: OutboxRow, case_id: str, size: int | None) -> dict[str, An
         "next_attempt_at": _iso(row.next_attempt_at),
         "sent_at": _iso(row.sent_at),
         "bytes": size,
+        "language": row.language,
     }
 
 
@@ -68,7 +69,7 @@ class Outbox:
                 )
             )
             rows = session.exec(
-                select(OutboxRow, Case.case_id, Message.message_id)
+                select(OutboxRow, Case, Message.message_id)
                 .join(Case, Case.id == OutboxRow.case_pk)
                 .join(Message, Message.id == OutboxRow.message_pk, isouter=True)
                 .where(OutboxRow.id.in_(ids), OutboxRow.claimed_by == self.worker_id)
@@ -77,17 +78,23 @@ class Outbox:
             return [
                 OutboxJob(
                     row.id,
-                    case_id,
+                    case_row.case_id,
                     row.kind,
                     row.recipient,
                     row.message_id,
-                    report_mid,
+                    row.in_reply_to or report_mid,
                     row.attempts,
                     _aware(row.created_at) or now,
                     row.state,
                     row.message_pk,
+                    language=row.language,
+                    receipt=row.receipt,
+                    subject=row.subject,
+                    body=row.body,
+                    status_generation=case_row.status_generation,
+                    received_at=_aware(case_row.created_at),
                 )
-                for row, case_id, report_mid in rows
+                for row, case_row, report_mid in rows
             ]
 
     def finish_outbox(

@@ -90,6 +90,22 @@ class ConfirmRequest:
     client_net: str | None = None
     # Authentication could not be decided (DNS temporary failure): queued `deferred`, checked again later.
     deferred: bool = False
+    language: str | None = None  # what the mail is written in (issue 21)
+    language_is_default: bool = False  # the message gave no clue: a case's earlier language wins
+    # Counts and digests only (issue 21): {"links": n, "attachments": [sha256, …]}; the store adds "messages".
+    receipt: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeskMail:
+    """A mail the desk wrote to one reporter (issue 21), queued as it is; the worker adds the headers."""
+
+    recipient: str
+    subject: str
+    body: str
+    language: str
+    message_id: str
+    in_reply_to: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +122,12 @@ class OutboxJob:
     created_at: datetime
     state: str = "queued"  # deferred: its sender's authentication is to be checked again first
     message_pk: int | None = None
+    language: str | None = None
+    receipt: dict[str, Any] | None = None
+    subject: str | None = None  # a desk reply or state notice: what the desk wrote (issue 21)
+    body: str | None = None
+    status_generation: int = 0  # the case's, for the status link the mail carries
+    received_at: datetime | None = None  # when the case opened
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,6 +30,7 @@ from storage.records import (
     Resolver,
     ThreadDecision,
 )
+from storage.reporter import Reporters
 from storage.reprocess import Reprocess
 from storage.retention import Retention
 from storage.users import Users
@@ -71,6 +72,7 @@ class CaseStore:
         self.outbox = Outbox(engine, self.worker_id)
         self.retention = Retention(engine)
         self.users = Users(engine)  # issue 20: the desk's people, sessions, failed logins
+        self.reporters = Reporters(engine)  # issue 21: replies, state, status page
 
         self.claim_inbox = self.claims.claim_inbox
         self.release_dead_claims = self.claims.release_dead_claims

@@ -585,3 +585,51 @@ def test_serve_takes_mail_over_starttls_inside_the_units_syscall_filter_and_wx_b
     assert "Traceback" not in text and "Operation not permitted" not in text, text
     listed = upgraded.cli("cases", "list", "--json", "--indicator", "sandboxed-phish.example")
     assert len(json.loads(listed.stdout)) == 1
+
+
+# ---- the status page's unit (issue 21) -------------------------------------------------------------------
+
+STATUS_SERVICE = UNITS / "abuse-gateway-status.service"
+
+
+@needs_systemd_analyze
+def test_status_page_unit_passes_verify_without_a_single_warning(tmp_path: Path) -> None:
+    binary = Path(sys.executable).with_name("abuse-gateway")
+    if not binary.exists():
+        pytest.skip("the abuse-gateway console script is not installed next to this interpreter")
+    text = STATUS_SERVICE.read_text()
+    assert PRODUCTION_BINARY in text
+    (tmp_path / STATUS_SERVICE.name).write_text(text.replace(PRODUCTION_BINARY, str(binary)))
+    result = _systemd_analyze(
+        "verify", "--man=no", "--generators=no", f"./{STATUS_SERVICE.name}", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "" and result.stderr.strip() == "", result.stdout + result.stderr
+
+
+@needs_systemd_analyze
+def test_status_page_unit_exposure_is_at_most_two() -> None:
+    result = _systemd_analyze("security", "--offline=true", "--no-pager", str(STATUS_SERVICE))
+    match = re.search(r"Overall exposure level for \S+: (\d+(?:\.\d+)?)", result.stdout)
+    assert match, result.stdout + result.stderr
+    assert float(match.group(1)) <= MAX_EXPOSURE, result.stdout
+
+
+def test_status_page_unit_has_no_privilege_and_shares_the_sandbox_of_the_gateway() -> None:
+    """It faces the Internet with no capability at all, and keeps every hardening line the gateway has."""
+    status, gateway = _unit_settings(STATUS_SERVICE), _unit_settings(SERVICE)
+    assert status["CapabilityBoundingSet"] == [""] and status["AmbientCapabilities"] == [""]
+    assert status["User"] == ["abuse-gateway"] and status["NoNewPrivileges"] == ["yes"]
+    assert "status-page" in status["ExecStart"][0]
+    for key in (
+        "ProtectSystem",
+        "ProtectHome",
+        "PrivateTmp",
+        "PrivateDevices",
+        "MemoryDenyWriteExecute",
+        "RestrictNamespaces",
+        "SystemCallArchitectures",
+        "ProtectKernelTunables",
+        "UMask",
+    ):
+        assert status[key] == gateway[key], key

@@ -18,6 +18,7 @@ their commands on the groups, and the import graph stays acyclic (tests/test_imp
     operations.py   serve, ingest, reprocess, db upgrade, check-config, purge, audit list
     users.py        users add, list, passwd, disable, enable, role (the web desk's people)
     dkim.py         dkim keygen
+    reporter.py     cases reply, state, status-link; status-page (issue 21)
 """
 
 from gateway.cli import (  # noqa: F401 (registers)
@@ -28,6 +29,7 @@ from gateway.cli import (  # noqa: F401 (registers)
     evidence,
     operations,
     outbox,
+    reporter,
     users,
 )
 from gateway.cli.common import EX_NOTFOUND, EX_OK, EX_TEMPFAIL, EX_USAGE, main

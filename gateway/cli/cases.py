@@ -240,6 +240,11 @@ def cases_show(ctx: click.Context, case_id: str, as_json: bool, metadata: bool, 
             f"Sent: #{sent['id']} {_v(sent['kind'])} to {_v(sent['recipient'])}: {_v(sent['state'])}{why} "
             f"{_v(when)}  (outbox show {sent['id']})"
         )
+        sent_bytes = view.get("desk_mail", {}).get(str(sent["id"]))
+        if sent_bytes is not None:  # a desk reply or state notice: the exact bytes, our own text (issue 21)
+            click.echo(_v(sent_bytes.replace("\r\n", "\n"), multiline=True))
+    if view.get("reporter_state"):
+        _say(f"Reporter sees: {_v(view['reporter_state'])} {_v(view.get('reporter_state_at')) or ''}")
     for note in view.get("notes", []):
         _say("")
         _say(f"Note by {_v(note['author'])} at {_v(note['created_at'])}:")
