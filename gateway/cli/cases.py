@@ -94,10 +94,9 @@ def cases_list(
         digest=digest,
     )
     found = find_cases(store.engine, wanted, limit=limit)
-    rows = found.rows
-    for row in rows:  # a subject is content: of a CSAM or possible-CSAM case, only with a reason (issue 19)
-        if row.get("csam") or row.get("possible_csam"):
-            row["subject"], row["content_withheld"] = "[withheld: CSAM compartment]", True
+    from gateway.viewing import withhold_listed
+
+    rows = withhold_listed(found.rows)  # a subject is content: of a CSAM case, only with a reason (issue 19)
     if found.cut_note():
         click.echo(str(found.cut_note()), err=True)
     if as_json:
