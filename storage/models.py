@@ -76,8 +76,10 @@ class Case(SQLModel, table=True):
     # No purge removes the case (or its messages and raw bytes) before this: the latest end of every
     # preservation its marks placed (`storage/csam.py` recomputes it from `csam_marks`).
     preserve_until: datetime | None = _ts(default=None, nullable=True)
-    created_at: datetime = _ts(default_factory=utcnow, index=True)
+    created_at: datetime = _ts(default_factory=utcnow)
     updated_at: datetime = _ts(default_factory=utcnow)
+    # The desk user working the case (a `desk_users.name`; users are disabled, never deleted), or None.
+    assignee: str | None = Field(default=None, max_length=64, nullable=True)
     # Set when the desk merged this case into another (status `merged`): mail that names this case's ID
     # joins that one, and the ID is never given out again (issue 16).
     merged_into_pk: int | None = Field(default=None, foreign_key="cases.id", nullable=True)
@@ -85,8 +87,11 @@ class Case(SQLModel, table=True):
     # A new report looks up the same reporter's recent open cases to link them (issue 16).
     __table_args__ = (
         Index("ix_cases_reporter_created", "reporter", "created_at"),
-        # The desk's queue: newest first within a status, without sorting every open case (issue 17).
-        Index("ix_cases_status_created", "status", "created_at"),
+        # The desk's queue (issues 17, 20): newest first, whole or within a status or an assignee, read off
+        # an index in (created_at, id) order, so a keyset page (`before` a row) costs what page 1 costs.
+        Index("ix_cases_created_id", "created_at", "id"),
+        Index("ix_cases_status_created", "status", "created_at", "id"),
+        Index("ix_cases_assignee_created", "assignee", "created_at", "id"),
     )
 
 
@@ -297,3 +302,8 @@ class CsamMark(SQLModel, table=True):
     cleared_at: datetime | None = _ts(default=None, nullable=True)
     cleared_by: str | None = Field(default=None, max_length=64)
     clear_reason: str | None = None
+
+
+# The desk's tables (issue 20) live in their own module; importing it here registers them wherever the case
+# tables are (alembic's env, `compare_metadata`).
+from storage import desk_models as desk_models  # noqa: E402

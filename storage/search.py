@@ -234,6 +234,7 @@ def summary(case: Case, messages: int) -> dict[str, Any]:
         "possible_csam": case.possible_csam,
         "created_at": iso(case.created_at),
         "updated_at": iso(case.updated_at),
+        "assignee": case.assignee,  # issue 20
     }
 
 
