@@ -16,9 +16,10 @@ their commands on the groups, and the import graph stays acyclic (tests/test_imp
     casework.py     cases close, reopen, hold, release, merge, unmerge, split, unsplit
     outbox.py       outbox list, show
     operations.py   serve, ingest, reprocess, db upgrade, check-config, purge, audit list
+    web.py          web (the desk's HTTP server; gateway/web/)
 """
 
-from gateway.cli import cases, casework, compartment, evidence, operations, outbox  # noqa: F401 (registers)
+from gateway.cli import cases, casework, compartment, evidence, operations, outbox, web  # noqa: F401 (registers)
 from gateway.cli.common import EX_NOTFOUND, EX_OK, EX_TEMPFAIL, EX_USAGE, main
 
 __all__ = ["EX_NOTFOUND", "EX_OK", "EX_TEMPFAIL", "EX_USAGE", "main"]

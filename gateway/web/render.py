@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from jinja2 import Environment, FileSystemLoader
 from markupsafe import Markup
 from starlette.requests import Request
 from starlette.responses import HTMLResponse
@@ -55,7 +55,6 @@ def environment() -> Environment:
         loader=FileSystemLoader(str(TEMPLATES)),
         autoescape=True,  # every template, whatever its name
         finalize=_shown,
-        undefined=StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
     )
@@ -84,5 +83,7 @@ def not_found() -> HTMLResponse:
     return plain(404, "Not found", "There is nothing at this address.")
 
 
-def forbidden(text: str = "The form was stale or not ours; go back, reload it and try again.") -> HTMLResponse:
+def forbidden(
+    text: str = "The form was stale or not ours; go back, reload it and try again.",
+) -> HTMLResponse:
     return plain(403, "Refused", text)
