@@ -331,8 +331,8 @@ def test_the_smtp_process_never_loads_the_web_stack() -> None:
 
     probe = (
         "import sys, gateway.service, gateway.cli; "
-        "loaded = [m for m in sys.modules if m.startswith(('gateway.web', 'starlette', 'jinja2', 'uvicorn'))]; "
-        "print(loaded)"
+        "web = ('gateway.web', 'starlette', 'jinja2', 'uvicorn'); "
+        "print([m for m in sys.modules if m.startswith(web)])"
     )
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
