@@ -59,6 +59,8 @@ def facts(view: dict[str, Any]) -> dict[str, Any]:
         "updated_at": view["updated_at"],
         "message_count": len(view.get("messages", [])),
         "merged_into": view.get("merged_into"),
+        "hold": view.get("hold"),
+        "assignee": view.get("assignee"),  # a staff name, not a sender's
         "confirmations": [
             {"kind": o["kind"], "state": o["state"], "created_at": o["created_at"], "sent_at": o["sent_at"]}
             for o in view.get("outbox", [])
