@@ -11,7 +11,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import JSON, Column, DateTime, Index, LargeBinary, UniqueConstraint, true
+from sqlalchemy import text as sql_text  # `text` is a column of Message
 from sqlmodel import Field, SQLModel
+
+# A message with at least one flag: the predicate of `ix_messages_flagged`, and the term every flag query
+# adds so the planner may use that index (the same text in both, or it cannot tell).
+FLAGS_TEXT = "CAST(flags AS VARCHAR)"
+FLAGGED = f"{FLAGS_TEXT} != '[]'"
 
 
 def utcnow() -> datetime:
@@ -92,6 +98,14 @@ class Case(SQLModel, table=True):
         Index("ix_cases_created_id", "created_at", "id"),
         Index("ix_cases_status_created", "status", "created_at", "id"),
         Index("ix_cases_assignee_created", "assignee", "created_at", "id"),
+        # The few cases in the CSAM compartment, for the queue's flag filter (issue 20, storage/search.py).
+        Index("ix_cases_csam", "id", sqlite_where=sql_text("csam"), postgresql_where=sql_text("csam")),
+        Index(
+            "ix_cases_possible_csam",
+            "id",
+            sqlite_where=sql_text("possible_csam"),
+            postgresql_where=sql_text("possible_csam"),
+        ),
     )
 
 
@@ -124,7 +138,20 @@ class Message(SQLModel, table=True):
     # Forwarded messages (attached or inline) with their own parsed headers, in display form (issue 6).
     evidence: list[dict[str, Any]] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
 
-    __table_args__ = (UniqueConstraint("case_pk", "index"),)
+    __table_args__ = (
+        UniqueConstraint("case_pk", "index"),
+        # The few messages with a flag, by case, with their flags (issue 20): "cases flagged
+        # processing_failed" reads this small index instead of the messages of every case (whose flags sit
+        # behind their text). Predicate and expression are written as the query writes them
+        # (storage/search.py), so both SQLite and PostgreSQL see that the index applies.
+        Index(
+            "ix_messages_flagged",
+            "case_pk",
+            sql_text(FLAGS_TEXT),  # the flags as text: the LIKE is answered from the index
+            sqlite_where=sql_text(FLAGGED),
+            postgresql_where=sql_text(FLAGGED),
+        ),
+    )
 
 
 class AttachmentRow(SQLModel, table=True):

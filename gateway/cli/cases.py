@@ -172,6 +172,7 @@ def cases_show(ctx: click.Context, case_id: str, as_json: bool, metadata: bool, 
 
     _say(f"Case {_v(view['case_id'])}  [{_v(view['status'])}]  reporter: {_v(view['reporter']) or '-'}")
     _say(f"Opened {_v(view['created_at'])}  updated {_v(view['updated_at'])}")
+    _say(f"Assigned to: {_v(view.get('assignee')) or 'nobody'}")
     for line in csam_words(view):
         _say(_v(line))
     if view.get("merged_into"):
@@ -231,5 +232,9 @@ def cases_show(ctx: click.Context, case_id: str, as_json: bool, metadata: bool, 
             f"Sent: #{sent['id']} {_v(sent['kind'])} to {_v(sent['recipient'])}: {_v(sent['state'])}{why} "
             f"{_v(when)}  (outbox show {sent['id']})"
         )
+    for note in view.get("notes", []):
+        _say("")
+        _say(f"Note by {_v(note['author'])} at {_v(note['created_at'])}:")
+        click.echo(_v(note["body"], multiline=True))
     for event in view.get("events", []):
         _say(f"Event {_v(event['at'])}: {_v(event['kind'])} {_v(event['detail'])}")

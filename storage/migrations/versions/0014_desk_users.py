@@ -17,6 +17,7 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 _STR = sqlmodel.sql.sqltypes.AutoString
+_FLAGGED = "CAST(flags AS VARCHAR) != '[]'"  # storage.models.FLAGGED, frozen as of this revision
 
 
 def upgrade() -> None:
@@ -83,10 +84,33 @@ def upgrade() -> None:
         batch_op.drop_index("ix_cases_status_created")
         batch_op.create_index("ix_cases_status_created", ["status", "created_at", "id"], unique=False)
         batch_op.create_index("ix_cases_assignee_created", ["assignee", "created_at", "id"], unique=False)
+        for flag in ("csam", "possible_csam"):  # the compartment's few cases, for the flag filter
+            batch_op.create_index(
+                f"ix_cases_{flag}",
+                ["id"],
+                unique=False,
+                sqlite_where=sa.text(flag),
+                postgresql_where=sa.text(flag),
+            )
+
+    # The few flagged messages, by case, with their flags: the flag filter reads this (predicate and
+    # expression are the query's, storage.models.FLAGGED and FLAGS_TEXT).
+    with op.batch_alter_table("messages", schema=None) as batch_op:
+        batch_op.create_index(
+            "ix_messages_flagged",
+            ["case_pk", sa.text("CAST(flags AS VARCHAR)")],
+            unique=False,
+            sqlite_where=sa.text(_FLAGGED),
+            postgresql_where=sa.text(_FLAGGED),
+        )
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("messages", schema=None) as batch_op:
+        batch_op.drop_index("ix_messages_flagged")
     with op.batch_alter_table("cases", schema=None) as batch_op:
+        batch_op.drop_index("ix_cases_possible_csam")
+        batch_op.drop_index("ix_cases_csam")
         batch_op.drop_index("ix_cases_assignee_created")
         batch_op.drop_index("ix_cases_status_created")
         batch_op.create_index("ix_cases_status_created", ["status", "created_at"], unique=False)
