@@ -21,7 +21,7 @@ from gateway.assembly import build_store, build_web_app
 from gateway.config import Config
 from gateway.passwords import hash_password
 from gateway.web.server import web_server
-from tests.conftest import free_port, load_eml, make_config, start_gateway
+from tests.conftest import PG_URL, free_port, load_eml, make_config, reset_postgres, start_gateway
 
 PASSWORD = "correct horse battery"
 ROLES = ("support", "analyst", "csam", "admin")
@@ -64,11 +64,11 @@ def start_server(config: Config, store: Any) -> tuple[str, Any, threading.Thread
     return f"http://127.0.0.1:{port}", server, thread
 
 
-def filled_store(tmp: Path, **web: Any) -> tuple[Config, dict[str, str]]:
+def filled_store(tmp: Path, store_url: str | None = None, **web: Any) -> tuple[Config, dict[str, str]]:
     """Mail in through SMTP: a plain report, a report with a PDF, a hostile one, and one marked CSAM."""
     from storage.csam import mark
 
-    config = make_config(tmp, f"sqlite:///{tmp}/cases.db", web=web)
+    config = make_config(tmp, store_url or f"sqlite:///{tmp}/cases.db", web=web)
     gateway = start_gateway(config)
     try:
         for raw in (load_eml("person_plain_report.eml"), load_eml("parse_attachment_pdf.eml"), HOSTILE):
@@ -99,6 +99,18 @@ def filled_store(tmp: Path, **web: Any) -> tuple[Config, dict[str, str]]:
     store.users.disable("gone")
     store.engine.dispose()
     return config, cases
+
+
+def backend_url(backend: str, tmp: Path) -> str:
+    """The store for a module's desk: a SQLite file, or the PostgreSQL named by ABUSE_GATEWAY_TEST_PG."""
+    import pytest
+
+    if backend == "sqlite":
+        return f"sqlite:///{tmp}/cases.db"
+    if not PG_URL:
+        pytest.skip("ABUSE_GATEWAY_TEST_PG is not set")
+    reset_postgres(PG_URL)
+    return PG_URL
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):

@@ -11,20 +11,24 @@ import pytest
 
 from gateway.assembly import build_store
 from gateway.http_security import SECURITY_HEADERS
-from tests.desk_harness import PASSWORD, Client, Desk, client_as, filled_store, start_server
+from tests.desk_harness import PASSWORD, Client, Desk, backend_url, client_as, filled_store, start_server
 
 
-@pytest.fixture(scope="module")
-def desk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Desk]:
-    tmp = tmp_path_factory.mktemp("desk")
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def desk(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Desk]:
+    tmp = Path(tmp_path_factory.mktemp("desk"))
     config, cases = filled_store(
-        Path(tmp), trusted_user_header="X-Forwarded-User", trusted_proxies=["127.0.0.1"]
+        tmp,
+        backend_url(request.param, tmp),
+        trusted_user_header="X-Forwarded-User",
+        trusted_proxies=["127.0.0.1"],
     )
     store = build_store(config)
     base, server, thread = start_server(config, store)
     running = Desk(base, server, thread, cases, store)
     yield running
     running.stop()
+    store.engine.dispose()
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +37,7 @@ def untrusting_desk(desk: Desk, tmp_path_factory: pytest.TempPathFactory) -> Ite
     from tests.conftest import make_config
 
     tmp = tmp_path_factory.mktemp("untrusting")
-    url = str(desk.store.engine.url)
+    url = desk.store.engine.url.render_as_string(hide_password=False)
     config = make_config(
         Path(tmp), url, web={"trusted_user_header": "X-Forwarded-User", "trusted_proxies": ["10.9.9.9"]}
     )

@@ -50,6 +50,21 @@ def _shown(value: Any) -> Any:
     return value
 
 
+def when(value: Any) -> str:
+    """An instant the store wrote, as a desk reads it: to the second, in UTC, saying so."""
+    from datetime import UTC, datetime
+
+    if not value:
+        return "-"
+    try:
+        instant = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+    except ValueError:
+        return str(value)
+    if instant.tzinfo is None:
+        instant = instant.replace(tzinfo=UTC)
+    return instant.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
 def environment() -> Environment:
     env = Environment(
         loader=FileSystemLoader(str(TEMPLATES)),
@@ -61,6 +76,7 @@ def environment() -> Environment:
     env.filters["block"] = Block
     env.filters["live"] = Live
     env.filters["ours"] = Ours
+    env.filters["when"] = when
     return env
 
 
