@@ -341,3 +341,44 @@ def test_the_smtp_process_never_loads_the_web_stack() -> None:
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_csam_role_confirms_and_clears_with_a_reason_and_analyst_raises_possible(desk: Desk) -> None:
+    case_id = desk.cases["hostile"]
+    analyst = client_as(desk.base, "analyst")
+    token = analyst.csrf(f"/cases/{case_id}")
+    raised = analyst.post(
+        f"/cases/{case_id}/csam", {"csrf": token, "kind": "possible", "reason": "pictures?"}
+    )
+    assert raised.status == 303
+    assert desk.store.show_case(case_id)["possible_csam"]
+    assert "&lt;script&gt;" not in analyst.get(f"/cases/{case_id}").text  # now in the compartment
+    csam = client_as(desk.base, "csam")
+    token = csam.csrf(f"/cases/{case_id}")
+    assert csam.post(f"/cases/{case_id}/csam", {"csrf": token, "kind": "clear", "reason": ""}).status == 400
+    assert (
+        csam.post(f"/cases/{case_id}/csam", {"csrf": token, "kind": "clear", "reason": "text only"}).status
+        == 303
+    )
+    view = desk.store.show_case(case_id)
+    assert not view["possible_csam"] and not view["csam"]
+    actions = {(a["actor"], a["action"]) for a in desk.store.list_audit()}
+    assert {("analyst", "possible_csam_mark"), ("csam", "csam_clear")} <= actions
+
+
+def test_merge_and_split_from_the_desk_move_messages_as_the_cli_does(desk: Desk) -> None:
+    client = client_as(desk.base, "analyst")
+    source, target = desk.cases["plain"], desk.cases["pdf"]
+    token = client.csrf(f"/cases/{source}")
+    assert client.post(f"/cases/{source}/merge", {"csrf": token, "into": "not an id"}).status == 400
+    merged = client.post(f"/cases/{source}/merge", {"csrf": token, "into": target.lower()})
+    assert merged.status == 303 and merged.headers["location"] == f"/cases/{target}?done=merged"
+    assert len(desk.store.show_case(target)["messages"]) == 2
+    assert desk.store.show_case(source)["status"] == "merged"
+    split = client.post(f"/cases/{target}/split", {"csrf": token, "index": "2"})
+    assert split.status == 303
+    new_case = split.headers["location"].split("/")[2].split("?")[0]
+    assert new_case not in (source, target)
+    assert "SSH brute force" in client.get(f"/cases/{new_case}").text
+    actions = {(a["actor"], a["action"]) for a in desk.store.list_audit()}
+    assert ("analyst", "merge") in actions and ("analyst", "split") in actions
