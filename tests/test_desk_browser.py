@@ -109,6 +109,7 @@ def test_support_looks_up_a_spoken_case_id_and_sees_no_content(as_role: Any, des
     assert case_id in text and "open" in text
     for content in ("SSH", "alice", "203.0.113"):
         assert content not in session.page.content()
+    session.page.screenshot(path="/tmp/desk-support-case.png", full_page=True)
 
 
 def test_support_gets_404_for_every_content_url(as_role: Any, desk: Desk) -> None:
@@ -163,6 +164,7 @@ def test_csam_role_states_a_reason_before_the_content_appears(as_role: Any, desk
     case_id = desk.cases["csam"]
     session.goto(f"/cases/{case_id}")
     assert "compartment test" not in session.page.content()
+    session.page.screenshot(path="/tmp/desk-csam-reason.png", full_page=True)
     session.page.fill("form[action$='/view'] input[name=reason]", "hotline report 7")
     with session.page.expect_navigation():
         session.page.click("form[action$='/view'] button")

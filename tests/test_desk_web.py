@@ -167,7 +167,14 @@ def test_support_gets_the_same_404_for_content_urls_as_for_an_unknown_case(desk:
     unknown = client.get("/cases/ABU-0000-0000")
     assert unknown.status == 404
     case_id = desk.cases["pdf"]
-    for path in (f"/cases/{case_id}/messages/1/raw", f"/cases/{case_id}/messages/1/attachments/1"):
+    for path in (
+        f"/cases/{case_id}/messages/1/raw",
+        f"/cases/{case_id}/messages/1/attachments/1",
+        f"/cases/{case_id}/messages/9/raw",
+        "/admin",
+        "/admin/audit",
+        "/nowhere",
+    ):
         answer = client.get(path)
         assert (answer.status, answer.body) == (404, unknown.body)
 

@@ -19,6 +19,8 @@ from gateway.viewing import Sight, may_mark, may_work, reason_text, sight
 from gateway.web.gate import EVERYONE, case_id_of, form_value, needs, parts, person
 from gateway.web.render import Block, Live, Ours, not_found, page
 
+# A page a browser still scrolls: a 10 MB paste is shown by its start, the whole of it is in the .eml.
+TEXT_SHOWN_CHARS = 200_000
 # What an action's redirect may announce (`?done=`): fixed words, never text from the request.
 DONE = {
     "closed": "Case closed.",
@@ -124,7 +126,7 @@ def _actions(role: str, seen: Sight, view: dict[str, Any]) -> dict[str, bool]:
     compartment = bool(view.get("csam") or view.get("possible_csam"))
     return {
         "work": may_work(role),
-        "confirm": may_mark(role, True),
+        "confirm": may_mark(role, True) and not view.get("csam"),
         "possible": may_mark(role, False) and seen in (Sight.CONTENT, Sight.REASON) and not compartment,
         "clear": may_mark(role, True) and compartment,
     }
@@ -142,7 +144,9 @@ def _full(request: Request, case_id: str, view: dict[str, Any], reason: str | No
                 **m,
                 "kind_words": rule_words(m["kind"], m["kind_rule"]),
                 "thread_words": thread_words(m["thread_signal"], m["index"], m["flags"]),
-                "text": Block(m["text"] or ""),
+                "text": Block((m["text"] or "")[:TEXT_SHOWN_CHARS]),
+                "text_cut": len(m["text"] or "") > TEXT_SHOWN_CHARS,
+                "text_chars": len(m["text"] or ""),
                 "raw_url": Ours(f"{base}/raw"),
                 "attachments": [
                     {**a, "url": Ours(f"{base}/attachments/{a.get('index', n)}")}
