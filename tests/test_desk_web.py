@@ -273,6 +273,14 @@ def test_sso_header_from_a_trusted_proxy_names_the_user(desk: Desk) -> None:
     client = Client(desk.base)
     page = client.get("/", **{"X-Forwarded-User": "analyst"})
     assert page.status == 200 and "analyst (analyst)" in page.text
+    token = client.csrf("/")  # the SSO user's session carries the CSRF token its forms need
+    case_id = desk.cases["plain"]
+    sso = {"X-Forwarded-User": "analyst"}
+    assert client.request(f"/cases/{case_id}/hold", {"csrf": token}, sso).status == 303
+    assert client.request(f"/cases/{case_id}/release", {"csrf": token}, sso).status == 303
+    assert client.request(f"/cases/{case_id}/hold", {"csrf": "forged"}, sso).status == 403
+    as_csam = client.get("/", **{"X-Forwarded-User": "csam"})  # the header, not an old cookie, decides
+    assert "csam (csam)" in as_csam.text
     assert Client(desk.base).get("/", **{"X-Forwarded-User": "nobody"}).status == 403
     assert Client(desk.base).get("/", **{"X-Forwarded-User": "gone"}).status == 403
 
