@@ -148,6 +148,7 @@ class Message(SQLModel, table=True):
             "ix_messages_flagged",
             "case_pk",
             sql_text(FLAGS_TEXT),  # the flags as text: the LIKE is answered from the index
+            postgresql_include=["flags"],  # PostgreSQL reads expressions off an index only with their column
             sqlite_where=sql_text(FLAGGED),
             postgresql_where=sql_text(FLAGGED),
         ),

@@ -143,6 +143,12 @@ class Users:
         whoever had the old one)."""
         self._change(name, actor, "user_passwd", name, password_hash=password_hash)
 
+    def rehash(self, name: str, password_hash: str) -> None:
+        """A login found the stored hash made with weaker parameters than today's (`needs_rehash`): store a
+        fresh hash of the same password. Not a password change: sessions stay, nothing is audited."""
+        with Session(self.engine) as session, session.begin():
+            session.execute(update(DeskUser).where(DeskUser.name == name).values(password_hash=password_hash))
+
     def set_role(self, name: str, role: str, *, actor: str = "system") -> None:
         _check_role(role)
         self._change(name, actor, "user_role", f"{name} role {role}", role=role, end_sessions=False)

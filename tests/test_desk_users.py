@@ -333,3 +333,26 @@ def test_assign_and_note_on_an_unknown_case_are_not_found(cli_config: Path, tmp_
     assert code == 1 and "no case" in err
     code, _, err = _cli(cli_config, "cases", "note", "ABU-0000-0000", input=b"hello")
     assert code == 1 and "no case" in err
+
+
+def test_sso_only_user_has_no_password_and_rehash_keeps_sessions(cli_config: Path) -> None:
+    run_cli(cli_config, "users", "add", "sso.person@corp.example", "--role", "support", "--sso-only")
+    [row] = json.loads(run_cli(cli_config, "users", "list", "--json"))
+    assert (row["name"], row["password"]) == ("sso.person@corp.example", False)
+    store = _store(cli_config)
+    assert store.users.get("sso.person@corp.example").password_hash is None
+    assert not verify_password(None, "")
+    token, _ = store.users.create_session("sso.person@corp.example", 60)
+    store.users.rehash("sso.person@corp.example", hash_password(GOOD))
+    assert store.users.session(token) is not None
+    store.engine.dispose()
+
+
+def test_purge_removes_a_closed_case_with_notes(cli_config: Path, tmp_path: Path) -> None:
+    case_id = _ingest(cli_config)
+    run_cli(cli_config, "cases", "note", case_id, input=b"checked, nothing to do")
+    run_cli(cli_config, "cases", "close", case_id)
+    store = _store(cli_config)
+    assert store.purge(timedelta(0), "tester") == [case_id]
+    assert store.show_case(case_id) is None
+    store.engine.dispose()

@@ -78,15 +78,23 @@ def _refused(ctx: click.Context, exc: UserError) -> None:
 @click.argument("name")
 @click.option("--role", type=click.Choice(ROLES), required=True)
 @_PASSWORD_FILE
+@click.option(
+    "--sso-only",
+    is_flag=True,
+    help="no password: only the single-sign-on proxy ([web] trusted_user_header) can log this user in",
+)
 @click.pass_context
-def users_add(ctx: click.Context, name: str, role: str, password_file: Path | None) -> None:
+def users_add(ctx: click.Context, name: str, role: str, password_file: Path | None, sso_only: bool) -> None:
     """Add a desk user NAME with a role and a password."""
     name = _name(ctx, name)
     store = _store(ctx)
     if store.users.get(name) is not None:
         _say(f"abuse-gateway: user {name!r} exists", err=True)
         ctx.exit(EX_USAGE)
-    password_hash = _new_password_hash(ctx, password_file)
+    if sso_only and password_file is not None:
+        click.echo("abuse-gateway: --sso-only takes no --password-file", err=True)
+        ctx.exit(EX_USAGE)
+    password_hash = None if sso_only else _new_password_hash(ctx, password_file)
     try:
         store.users.add(name, role, password_hash, actor=_unix_user())
     except UserError as exc:

@@ -100,6 +100,7 @@ def upgrade() -> None:
             "ix_messages_flagged",
             ["case_pk", sa.text("CAST(flags AS VARCHAR)")],
             unique=False,
+            postgresql_include=["flags"],
             sqlite_where=sa.text(_FLAGGED),
             postgresql_where=sa.text(_FLAGGED),
         )
