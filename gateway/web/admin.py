@@ -49,11 +49,13 @@ async def add_user(request: Request) -> Response:
     name = form_value(request, "name", 64).strip()
     role = form_value(request, "role", 16)
     password = form_value(request, "password", 1024)
-    problem = password_problem(password)
+    sso_only = form_value(request, "sso_only", 3) == "yes"  # only the SSO proxy can log this user in
+    problem = None if sso_only else password_problem(password)
     if problem:
         return _refused(problem.capitalize() + ".")
+    password_hash = None if sso_only else hash_password(password)
     try:
-        parts(request).store.users.add(name, role, hash_password(password), actor=person(request).name)
+        parts(request).store.users.add(name, role, password_hash, actor=person(request).name)
     except UserError as exc:
         return _refused(str(exc))
     return RedirectResponse("/admin?done=added", status_code=303)
