@@ -38,7 +38,7 @@ def _refused(text: str) -> Response:
 
 
 @needs(*READERS)
-async def act(request: Request) -> Response:
+def act(request: Request) -> Response:
     action = request.path_params["action"]
     found = lookup(request)
     if found is None or action not in ACTIONS:

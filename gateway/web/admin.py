@@ -32,7 +32,7 @@ def _refused(text: str) -> Response:
 
 
 @needs("admin")
-async def users_page(request: Request) -> Response:
+def users_page(request: Request) -> Response:
     return page(
         request,
         "admin.html",
@@ -43,7 +43,7 @@ async def users_page(request: Request) -> Response:
 
 
 @needs("admin")
-async def add_user(request: Request) -> Response:
+def add_user(request: Request) -> Response:
     from storage.users import UserError
 
     name = form_value(request, "name", 64).strip()
@@ -62,7 +62,7 @@ async def add_user(request: Request) -> Response:
 
 
 @needs("admin")
-async def change_user(request: Request) -> Response:
+def change_user(request: Request) -> Response:
     from storage.users import UserError
 
     name, change = request.path_params["name"], request.path_params["change"]
@@ -86,12 +86,12 @@ async def change_user(request: Request) -> Response:
 
 
 @needs("admin")
-async def audit_page(request: Request) -> Response:
+def audit_page(request: Request) -> Response:
     return page(request, "audit.html", rows=parts(request).store.list_audit(limit=500))
 
 
 @needs("admin")
-async def retention_page(request: Request) -> Response:
+def retention_page(request: Request) -> Response:
     from storage.csam import purge_survivors
 
     desk = parts(request)

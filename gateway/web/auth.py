@@ -20,11 +20,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from gateway.config import WebConfig
-from gateway.passwords import verify_password
+from gateway.passwords import hash_password, needs_rehash, verify_password
 from gateway.web import csrf
 from gateway.web.render import forbidden, page
 from parsers.display import terminal_safe
@@ -141,7 +142,11 @@ def _sso_person(request: Request, name: str, token: str) -> Person:
 # ---- the routes ------------------------------------------------------------------------------------------
 
 
-async def login_form(request: Request, problem: str | None = None, status: int = 200) -> Response:
+async def login_form(request: Request) -> Response:
+    return _login_page(request)
+
+
+def _login_page(request: Request, problem: str | None = None, status: int = 200) -> Response:
     token = csrf.new_token()
     response = page(request, "login.html", status, csrf=token, problem=problem)
     set_cookie(response, request, request.app.state.desk.config.web, csrf.LOGIN_COOKIE, token, 3600)
@@ -149,26 +154,32 @@ async def login_form(request: Request, problem: str | None = None, status: int =
 
 
 async def login(request: Request) -> Response:
-    desk = request.app.state.desk
-    web: WebConfig = desk.config.web
     form = await request.form()
     if not csrf.matches(request.cookies.get(csrf.LOGIN_COOKIE), form):
         return forbidden()
     name = str(form.get("username") or "")[:200]
     password = str(form.get("password") or "")
+    return await run_in_threadpool(_login, request, name, password)  # argon2 and the store: off the loop
+
+
+def _login(request: Request, name: str, password: str) -> Response:
+    desk = request.app.state.desk
+    web: WebConfig = desk.config.web
     client = client_address(request, web)
     since = datetime.now(UTC) - timedelta(seconds=web.login_window)
     users = desk.store.users
     if users.login_failures_since(name, client, since) >= web.login_max_failures:
         log.warning("web: login throttled for user '%s' from %s", _shown_name(name), client)
-        return await login_form(request, "Too many failed logins: wait a few minutes and try again.", 429)
+        return _login_page(request, "Too many failed logins: wait a few minutes and try again.", 429)
     user = users.get(name) if name else None
     ok = verify_password(user.password_hash if user else None, password[:1024])
     if not ok or user is None or user.disabled:
         users.record_login_failure(name, client)
         log.warning("web: failed login for user '%s' from %s", _shown_name(name), client)
-        return await login_form(request, "Wrong user name or password.", 401)
+        return _login_page(request, "Wrong user name or password.", 401)
     users.clear_login_failures(user.name)
+    if user.password_hash and needs_rehash(user.password_hash):  # older parameters than today's policy
+        users.rehash(user.name, hash_password(password[:1024]))
     token, _csrf = users.create_session(user.name, int(web.session_ttl))
     log.info("web: %s logged in from %s", user.name, client)
     response = RedirectResponse("/", status_code=303)
@@ -177,7 +188,7 @@ async def login(request: Request) -> Response:
     return response
 
 
-async def logout(request: Request) -> Response:
+def logout(request: Request) -> Response:
     """Behind the gate (app.py wraps it): signed in, CSRF checked."""
     token = request.cookies.get(SESSION_COOKIE, "")
     if token:

@@ -71,7 +71,7 @@ def facts(view: dict[str, Any]) -> dict[str, Any]:
 
 
 @needs(*EVERYONE)
-async def show(request: Request) -> Response:
+def show(request: Request) -> Response:
     found = lookup(request)
     if found is None:
         return not_found()
@@ -94,7 +94,7 @@ async def show(request: Request) -> Response:
 
 
 @needs("csam")
-async def view_with_reason(request: Request) -> Response:
+def view_with_reason(request: Request) -> Response:
     """The csam role states why, and sees the content in the answer to that POST (nothing is kept in the
     session: the next view asks again)."""
     found = lookup(request)

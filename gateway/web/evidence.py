@@ -63,7 +63,7 @@ def _gate(request: Request) -> tuple[str, Sight, str | None] | Response:
 
 
 @needs(*READERS)
-async def raw(request: Request) -> Response:
+def raw(request: Request) -> Response:
     gated = _gate(request)
     if isinstance(gated, Response):
         return gated
@@ -84,7 +84,7 @@ async def raw(request: Request) -> Response:
 
 
 @needs(*READERS)
-async def attachment(request: Request) -> Response:
+def attachment(request: Request) -> Response:
     gated = _gate(request)
     if isinstance(gated, Response):
         return gated

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
@@ -21,7 +22,9 @@ from gateway.web import csrf
 from gateway.web.auth import SESSION_COOKIE, Person, SsoRefused, current_person, set_cookie
 from gateway.web.render import forbidden, not_found
 
-Handler = Callable[[Request], Awaitable[Response]]
+# Routes are plain functions: they read the store and may hash a password, so the gate runs them on
+# Starlette's thread pool and the event loop keeps serving other staff meanwhile.
+Handler = Callable[[Request], Response]
 EVERYONE = ("support", "analyst", "csam", "admin")
 READERS = ("analyst", "csam")
 
@@ -44,11 +47,11 @@ def person(request: Request) -> Person:
 
 
 def needs(*roles: str) -> Callable[[Handler], Handler]:
-    def wrap(handler: Handler) -> Handler:
+    def wrap(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
         @functools.wraps(handler)
         async def guarded(request: Request) -> Response:
             try:
-                who = current_person(request)
+                who = await run_in_threadpool(current_person, request)
             except SsoRefused:
                 return forbidden("This request named a user the desk does not accept.")
             if who is None:
@@ -61,7 +64,7 @@ def needs(*roles: str) -> Callable[[Handler], Handler]:
                 if not csrf.matches(who.csrf, form):
                     return forbidden()
                 request.state.form = form
-            response = not_found() if who.role not in roles else await handler(request)
+            response = not_found() if who.role not in roles else await run_in_threadpool(handler, request)
             new_session = getattr(request.state, "new_session", None)
             if new_session:
                 web = parts(request).config.web

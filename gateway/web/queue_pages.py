@@ -35,7 +35,7 @@ def _instant(value: str) -> datetime | None:
 
 
 @needs(*EVERYONE)
-async def home(request: Request) -> Response:
+def home(request: Request) -> Response:
     if not may_see_lists(person(request).role):
         return page(request, "lookup.html", q="", problem=None)
     from storage.queue import QUEUE_FLAGS, QueueError
@@ -98,7 +98,7 @@ def _queue_row(row: Any) -> dict[str, Any]:
 
 
 @needs(*EVERYONE)
-async def search(request: Request) -> Response:
+def search(request: Request) -> Response:
     q = request.query_params.get("q", "").strip()[:500]
     desk = parts(request)
     case_id = case_id_of(request, q) if q else None
