@@ -332,6 +332,9 @@ def test_admin_adds_and_disables_a_user_and_reads_the_audit_trail(desk: Desk) ->
     assert client.post("/admin/users/newbie/disable", {"csrf": token}).status == 303
     assert desk.store.users.get("newbie").disabled
     assert "user_add" in client.get("/admin/audit").text
+    retention = client.get("/admin/retention?days=1")
+    assert retention.status == 200 and "would remove 0" in retention.text
+    assert "at least 365 days" in retention.text
     assert client_as(desk.base, "analyst").get("/admin").status == 404
 
 
