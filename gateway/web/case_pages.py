@@ -128,7 +128,7 @@ def _actions(role: str, seen: Sight, view: dict[str, Any]) -> dict[str, bool]:
         "work": may_work(role),
         "confirm": may_mark(role, True) and not view.get("csam"),
         "possible": may_mark(role, False) and seen in (Sight.CONTENT, Sight.REASON) and not compartment,
-        "clear": may_mark(role, True) and compartment,
+        "unmark": may_mark(role, True) and compartment,  # not "clear": a dict method Jinja would find
     }
 
 
