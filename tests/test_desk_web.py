@@ -270,6 +270,25 @@ def test_queue_filters_and_pages_by_keyset(desk: Desk) -> None:
     assert "Next page" not in client.get("/").text
 
 
+def test_next_page_link_walks_the_whole_queue_once(desk: Desk, monkeypatch: pytest.MonkeyPatch) -> None:
+    import html
+
+    from gateway.web import queue_pages
+
+    monkeypatch.setattr(queue_pages, "PAGE_SIZE", 2)  # the server thread reads the module's constant
+    client = client_as(desk.base, "analyst")
+    seen: list[str] = []
+    path: str | None = "/"
+    while path is not None:
+        page = client.get(path).text
+        seen += re.findall(r'<td class="id"><a href="/cases/([A-Z0-9-]+)">', page)
+        found = re.search(r'<a href="([^"]+)" rel="next">', page)
+        path = html.unescape(found.group(1)) if found else None
+        assert len(seen) < 50
+    assert len(seen) == len(set(seen)) >= 4
+    assert set(desk.cases.values()) <= set(seen)
+
+
 def test_sso_header_from_a_trusted_proxy_names_the_user(desk: Desk) -> None:
     client = Client(desk.base)
     page = client.get("/", **{"X-Forwarded-User": "analyst"})
