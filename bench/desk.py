@@ -6,8 +6,9 @@ per four messages, then `preload.annotate_for_desk` for assignees, kinds and fla
 runs of each shape, after one warm-up run (a desk's second query finds the page cache warm).
 
 The store is built once and kept: at `--db`, else `$ABUSE_GATEWAY_BENCH_DESK_DB`, else a scratch file
-removed afterwards (a 1 M build takes minutes and ~5 GB). `--url` measures an existing store instead
-(PostgreSQL filled by other means, say) and builds nothing.
+removed afterwards (a 1 M build takes ~2 minutes and ~5 GB). `--pg-url` fills a PostgreSQL store of the
+same shape (`preload.preload_pg`, ~2 minutes for 1 M) unless it holds cases, then measures it; `--url`
+measures any existing store and builds nothing.
 
 `measure(shapes, runs)` takes one callable per query shape, so the web desk's HTTP round trips can be
 timed the same way beside these (pass `{"http_queue": lambda i: client.get("/")}`).
@@ -72,6 +73,21 @@ def build(db: Path, n: int) -> dict[str, Any]:
         "annotate": annotated,
         "seconds": round(time.monotonic() - started, 1),
     }
+
+
+def build_pg(url: str, n: int) -> dict[str, Any]:
+    """A PostgreSQL store of `n` messages at `url`, unless it holds cases already (then it is reused)."""
+    from storage import schema
+    from storage.engine import make_engine
+    from storage.search import CaseFilter, find_cases
+
+    engine = make_engine(url)
+    schema.upgrade(engine)
+    filled = bool(find_cases(engine, CaseFilter(), limit=1).rows)
+    engine.dispose()
+    if filled:
+        return {"reused": url.split("@")[-1]}
+    return {"built": url.split("@")[-1], "preload": preload.preload_pg(url, n)}
 
 
 def shapes(store: Any, n: int, queries: int) -> dict[str, Shape]:
@@ -166,6 +182,11 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=1_000_000, metavar="N")
     parser.add_argument("--db", default=os.environ.get(ENV_DB), help=f"keep the store here (${ENV_DB})")
     parser.add_argument("--url", default=None, help="measure this existing store; build nothing")
+    parser.add_argument(
+        "--pg-url",
+        default=None,
+        help="PostgreSQL: fill it (generate_series) when it has no case, then measure",
+    )
     parser.add_argument("--queries", type=int, default=40, metavar="K")
     parser.add_argument("--json", default=None, metavar="FILE", help="also write the figures here")
     args = parser.parse_args()
@@ -176,6 +197,9 @@ def main() -> None:
     info: dict[str, Any] = {"messages": args.messages}
     if args.url:
         url = args.url
+    elif args.pg_url:
+        info["store"] = build_pg(args.pg_url, args.messages)
+        url = args.pg_url
     else:
         if args.db:
             db = Path(args.db)

@@ -19,6 +19,7 @@ their commands on the groups, and the import graph stays acyclic (tests/test_imp
     users.py        users add, list, passwd, disable, enable, role (the web desk's people)
     dkim.py         dkim keygen
     reporter.py     cases reply, state, status-link; status-page (issue 21)
+    web.py          web (the desk's HTTP server; gateway/web/)
 """
 
 from gateway.cli import (  # noqa: F401 (registers)
@@ -31,6 +32,7 @@ from gateway.cli import (  # noqa: F401 (registers)
     outbox,
     reporter,
     users,
+    web,
 )
 from gateway.cli.common import EX_NOTFOUND, EX_OK, EX_TEMPFAIL, EX_USAGE, main
 

@@ -4,7 +4,6 @@ working it (`assign`, `note`, issue 20), through the same storage calls as the w
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -95,12 +94,9 @@ def _case_move(ctx: click.Context, action: Callable[[Any], Any]) -> Any:
 def _reindex(ctx: click.Context, case_id: str) -> None:
     """Index the indicators of a case that received messages by a split: they are derived from the
     messages, so they are derived again (the raw bytes are read, never changed)."""
-    from gateway.prepare import prepare
+    from gateway.reindex import reindex_case
 
-    store = _store(ctx)
-    for message_pk, entry in store.messages_for_reprocess(failed_only=False, case_id=case_id):
-        with contextlib.suppress(Exception):
-            store.update_reprocessed(message_pk, prepare(entry))
+    reindex_case(_store(ctx), case_id)
 
 
 @cases.command("merge")
