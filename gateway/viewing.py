@@ -62,6 +62,13 @@ def may_work(role: str) -> bool:
     return role in ("analyst", "csam", OPERATOR)
 
 
+def may_reply(role: str) -> bool:
+    """Answering a reporter ("we have it", a template, a few words) reveals nothing of the report, so
+    support may too: that is the desk's promise to support (issue 20). Admin administers, it does not
+    answer."""
+    return role in ("support", "analyst", "csam", OPERATOR)
+
+
 def reason_text(reason: str | None) -> str | None:
     """A reason as given, trimmed and bounded; None for no reason and for a blank one (callers refuse a
     blank reason in their own words)."""

@@ -9,6 +9,8 @@ actor, each answered by a redirect back to the case (POST/redirect/GET).
 | assign, note | `cases assign`, `cases note` | analyst, csam |
 | merge (`into`), split (`index`) | `cases merge`, `cases split` | analyst, csam |
 | csam (`reason`, `kind`) | `cases csam [--possible] [--clear]` | csam; analyst: possible only |
+| reply (`template` or `body`, `to_participants`) | `cases reply` | support, analyst, csam |
+| state (`state`, `notify`) | `cases state` | analyst, csam |
 
 A case the person may not see at all is the one 404, as everywhere.
 """
@@ -22,13 +24,13 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from gateway.viewing import Sight, may_mark, may_work, reason_text
+from gateway.viewing import Sight, may_mark, may_reply, may_work, reason_text
 from gateway.web.case_pages import lookup
-from gateway.web.gate import READERS, case_id_of, form_value, needs, parts, person
+from gateway.web.gate import EVERYONE, case_id_of, form_value, needs, parts, person
 from gateway.web.render import not_found, plain
 
 log = logging.getLogger("abuse_gateway.web")
-ACTIONS = ("close", "reopen", "hold", "release", "assign", "note", "csam", "merge", "split")
+ACTIONS = ("close", "reopen", "hold", "release", "assign", "note", "csam", "merge", "split", "reply", "state")
 
 
 def _back(case_id: str, done: str) -> Response:
@@ -45,7 +47,7 @@ def _refused(text: str) -> Response:
     return plain(400, "Not done", text)
 
 
-@needs(*READERS)
+@needs(*EVERYONE)  # each action asks the viewing rule for itself: support may reply, nothing else
 def act(request: Request) -> Response:
     response = _act(request)
     # Canonical ID and known action only: what the URL said is not logged.
@@ -65,6 +67,8 @@ def _act(request: Request) -> Response:
     store = desk.store
     if action == "csam":
         return _csam(request, case_id)
+    if action == "reply":
+        return _reply(request, case_id) if may_reply(who.role) else not_found()
     if not may_work(who.role):
         return not_found()
     from storage.casenotes import DeskWorkError
@@ -102,9 +106,58 @@ def _act(request: Request) -> Response:
 
             reindex_case(store, result.target)
             return _back(result.target, "split")
+        if action == "state":
+            return _state(request, case_id)
     except (CaseWorkError, DeskWorkError) as exc:
         return _refused(str(exc))
     return not_found()
+
+
+def _reply(request: Request, case_id: str) -> Response:
+    """The desk's answer to the reporter through the outbox (issue 21): a shipped or operator template, or
+    the words typed here; never a quote of the report (reporter_desk refuses one on a CSAM case)."""
+    from gateway.reporter_desk import DeskMailError, queue_reply
+    from gateway.reporter_texts import TemplateError, available_templates
+
+    desk = parts(request)
+    template = form_value(request, "template", 60).strip() or None
+    body = form_value(request, "body", 70_000)
+    if template is not None and template not in available_templates(desk.config.reply.templates_dir):
+        return _refused("There is no such reply template.")
+    if template is None and not body.strip():
+        return _refused("Write the reply, or choose a template.")
+    try:
+        queue_reply(
+            desk.config,
+            desk.store,
+            case_id,
+            actor=person(request).name,
+            text=None if template else body.replace("\r\n", "\n"),
+            template=template,
+            to_participants=form_value(request, "to_participants", 5) == "yes",
+        )
+    except (DeskMailError, TemplateError) as exc:
+        return _refused(str(exc))
+    return _back(case_id, "reply")
+
+
+def _state(request: Request, case_id: str) -> Response:
+    """What the reporter's status page says (issue 21): only ever set by a person, audited."""
+    from gateway.reporter_desk import DeskMailError, set_reporter_state
+
+    desk = parts(request)
+    try:
+        set_reporter_state(
+            desk.config,
+            desk.store,
+            case_id,
+            form_value(request, "state", 20),
+            actor=person(request).name,
+            notify=form_value(request, "notify", 5) == "yes",
+        )
+    except DeskMailError as exc:
+        return _refused(str(exc))
+    return _back(case_id, "state")
 
 
 def _csam(request: Request, case_id: str) -> Response:

@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from gateway.viewing import Sight, may_mark, may_work, reason_text, sight
+from gateway.viewing import Sight, may_mark, may_reply, may_work, reason_text, sight
 from gateway.web.gate import EVERYONE, case_id_of, form_value, needs, parts, person
 from gateway.web.render import Block, Live, Ours, not_found, page
 
@@ -43,7 +43,16 @@ DONE = {
     "cleared": "CSAM marks cleared.",
     "merged": "Case merged.",
     "split": "Message split into a new case.",
+    "reply": "Reply queued for the reporter (see Sent to the reporter).",
+    "state": "The reporter's status page now says so.",
 }
+# The reporter-facing states as the desk picks them (gateway/reporter_desk.py takes these words).
+REPORTER_STATES = (
+    ("received", "received"),
+    ("in-review", "in review"),
+    ("action-taken", "action taken"),
+    ("closed", "closed"),
+)
 
 
 def lookup(request: Request) -> tuple[str, dict[str, Any], Sight] | None:
@@ -72,6 +81,8 @@ def facts(view: dict[str, Any]) -> dict[str, Any]:
         "merged_into": view.get("merged_into"),
         "hold": view.get("hold"),
         "assignee": view.get("assignee"),  # a staff name, not a sender's
+        "reporter_state": view.get("reporter_state"),  # our own word, set by the desk (issue 21)
+        "reporter_state_at": view.get("reporter_state_at"),
         "confirmations": [
             {
                 "kind": o["kind"],
@@ -104,6 +115,7 @@ def show(request: Request) -> Response:
         compartment=bool(view.get("csam") or view.get("possible_csam")),
         actions=_actions(who.role, seen, view),
         done=DONE.get(request.query_params.get("done", "")),
+        **_answer_form(request),
     )
 
 
@@ -128,6 +140,7 @@ def view_with_reason(request: Request) -> Response:
             compartment=True,
             actions=_actions(person(request).role, seen, view),
             done=None,
+            **_answer_form(request),
             problem="State a reason: who asked, what for. It is recorded with your name.",
         )
     from storage.csam_views import record_view
@@ -143,6 +156,17 @@ def _actions(role: str, seen: Sight, view: dict[str, Any]) -> dict[str, bool]:
         "confirm": may_mark(role, True) and not view.get("csam"),
         "possible": may_mark(role, False) and seen in (Sight.CONTENT, Sight.REASON) and not compartment,
         "unmark": may_mark(role, True) and compartment,  # not "clear": a dict method Jinja would find
+        "reply": may_reply(role),
+    }
+
+
+def _answer_form(request: Request) -> dict[str, Any]:
+    """What the reply and state forms offer: template names and the states, our words only."""
+    from gateway.reporter_texts import available_templates
+
+    return {
+        "reply_templates": available_templates(parts(request).config.reply.templates_dir),
+        "reporter_states": REPORTER_STATES,
     }
 
 
@@ -185,6 +209,7 @@ def _full(request: Request, case_id: str, view: dict[str, Any], reason: str | No
         actions=_actions(who.role, Sight.REASON if reason else Sight.CONTENT, view),
         users=[u.name for u in parts(request).store.users.list() if not u.disabled],
         done=DONE.get(request.query_params.get("done", "")),
+        **_answer_form(request),
     )
 
 
