@@ -252,3 +252,67 @@ def test_extra_intake_process_nice_and_preparation_cap_work_inside_the_units_sys
     finally:
         stderr = _stop_unit(proc)
     assert b"Traceback" not in stderr, stderr.decode(errors="replace")[-3000:]
+
+
+def _leased_entry(url: str, holder: str, seconds: float = 120.0) -> None:
+    """A pending inbox entry leased to `holder`, as another gateway on the same store leaves it mid-batch."""
+    import uuid
+    from datetime import UTC, datetime, timedelta
+
+    from sqlmodel import Session
+
+    from storage.engine import make_engine
+    from storage.models import InboxEntry
+
+    engine = make_engine(url)
+    with Session(engine) as session, session.begin():
+        session.add(
+            InboxEntry(
+                intake_uid=uuid.uuid4().hex,
+                size=1,
+                sha256="0" * 64,
+                raw=b"x",
+                claimed_by=holder,
+                claimed_until=datetime.now(UTC) + timedelta(seconds=seconds),
+            )
+        )
+    engine.dispose()
+
+
+def test_a_claim_held_by_another_gateway_does_not_hold_up_the_stop(tmp_path: Path) -> None:
+    """Before: a stopping intake child waited for every pending entry of the shared store, so another
+    gateway's lease (here a host's that crashed mid-batch, its lease two minutes long) made `serve` wait
+    the whole 30 s drain grace, then kill its child."""
+    proc, port, config, log = _serve(tmp_path)
+    try:
+        _leased_entry(f"sqlite:///{tmp_path}/cases.db", "other-host:4242:g17.deadbeef")
+        assert _send(port, _report("before stop")) == 250
+        _wait_for_case(config, "before stop")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=25) == 0  # under the 30 s grace: the child drained, it was not killed
+        assert b"did not drain" not in log.read_bytes()
+    finally:
+        _stop(proc)
+
+
+def test_a_stopping_worker_waits_for_what_is_claimable_and_its_own_gateways_leases_only(
+    store_url: str,
+) -> None:
+    from gateway.assembly import build_store
+    from gateway.config import load_config
+    from storage.claims import new_worker_id
+
+    upgrade_store(store_url)
+    store = build_store(load_config(None, environ={"ABUSE_GATEWAY_STORE_URL": store_url}))
+    try:
+        assert store.undrained("g1.") == 0
+        _leased_entry(store_url, "other-host:4242:g1.deadbeef")  # another host: not ours, whatever its mark
+        _leased_entry(store_url, new_worker_id("g2."))  # this host, another gateway
+        assert store.undrained("g1.") == 0
+        _leased_entry(store_url, new_worker_id("g1."))  # a sibling of ours
+        assert store.undrained("g1.") == 1
+        _leased_entry(store_url, "other-host:4242:g9.cafe", seconds=-1)  # its lease ran out: claimable
+        assert store.undrained("g1.") == 2
+        assert store.undrained("g2.") == 2
+    finally:
+        store.engine.dispose()
