@@ -153,3 +153,14 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:  # alive, someone else's
         return True
     return True
+
+
+def build_web_app(config: Config, store: CaseStore) -> object:
+    """The desk's ASGI app (issue 20) on `store`, with merge/split on the same engine. Imported here, lazily,
+    so the SMTP process (which imports this module) never loads the web stack."""
+    from gateway.web.app import create_app
+    from gateway.web.gate import DeskParts
+
+    prefix = config.intake.case_prefix
+    casework = CaseWork(store.engine, new_case_id=lambda: new_case_id(prefix))
+    return create_app(DeskParts(config=config, store=store, casework=casework))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -241,7 +242,60 @@ class CsamConfig(_Section):
 class WebConfig(_Section):
     """The desk (`abuse-gateway web`, issue 20): staff only, never inside the SMTP process."""
 
+    # host:port of the desk's HTTP server; staff only: keep it on loopback behind a TLS proxy.
     listen: str = "127.0.0.1:8025"
+    # How long a login lasts, in seconds or with a unit (90m, 12h, 7d); a shift and a bit.
+    session_ttl: float = 43_200.0
+    # An SSO proxy (oauth2-proxy and the like) names the user in this header (X-Forwarded-User, …); it is
+    # believed only from `trusted_proxies`, and the user must exist in `abuse-gateway users` and be enabled.
+    trusted_user_header: str | None = None
+    # Addresses or networks of the reverse proxies whose X-Forwarded-For/-Proto and user header count.
+    trusted_proxies: tuple[str, ...] = ()
+    # Cookies with `Secure`: "auto" when the request came over https (directly, or from a trusted proxy
+    # saying X-Forwarded-Proto: https), or always/never.
+    secure_cookies: Literal["auto"] | bool = "auto"
+    # Failed logins allowed per user name and per client address within `login_window` seconds.
+    login_max_failures: int = Field(default=5, ge=1)
+    login_window: float = Field(default=900.0, gt=0)
+
+    @field_validator("listen")
+    @classmethod
+    def _web_listen(cls, value: str) -> str:
+        return _hostport(value)
+
+    @field_validator("session_ttl", "login_window", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+        if isinstance(value, str) and value[-1:] in units and value[:-1].strip().isdigit():
+            return float(value[:-1]) * units[value[-1]]
+        return value
+
+    @field_validator("session_ttl")
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("must be positive")
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        import ipaddress
+
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"{item!r} is not an IP address or network") from exc
+        return value
+
+    @field_validator("trusted_user_header")
+    @classmethod
+    def _header(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9-]+", value):
+            raise ValueError(f"{value!r} is not an HTTP header name")
+        return value or None
 
 
 # --- the desk's keys end here ---

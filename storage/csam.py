@@ -98,8 +98,13 @@ class MarkResult:
     cleared: int = 0  # how many marks a --clear cleared
 
 
-def mark(engine: Engine, case_id: str, actor: str, reason: str, preserve: timedelta) -> MarkResult:
-    """The desk confirms: a `csam` mark by `actor` with `reason`, preserving the case `preserve` from now."""
+def mark(
+    engine: Engine, case_id: str, actor: str, reason: str, preserve: timedelta, kind: str = CSAM
+) -> MarkResult:
+    """The desk confirms: a `csam` mark by `actor` with `reason`, preserving the case `preserve` from now.
+    `kind=POSSIBLE` is a person raising the signal instead (a verdict is for the csam role, issue 20)."""
+    if kind not in (CSAM, POSSIBLE):
+        raise CsamError(f"no mark kind {kind!r}")
     now = _now()
     with Session(engine) as session, session.begin():
         case = _case(session, case_id)
@@ -107,7 +112,7 @@ def mark(engine: Engine, case_id: str, actor: str, reason: str, preserve: timede
         session.add(
             CsamMark(
                 case_pk=case.id,
-                kind=CSAM,
+                kind=kind,
                 source="desk",
                 at=now,
                 actor=actor,
@@ -117,7 +122,10 @@ def mark(engine: Engine, case_id: str, actor: str, reason: str, preserve: timede
         )
         session.flush()
         until = recompute(session, case.id)
-        _record(session, case, now, actor, reason, "csam_marked", "csam_mark")
+        event, action = ("csam_marked", "csam_mark")
+        if kind == POSSIBLE:
+            event, action = "possible_csam_marked", "possible_csam_mark"
+        _record(session, case, now, actor, reason, event, action)
         return MarkResult(case.case_id, until)
 
 

@@ -167,6 +167,7 @@ def metadata_view(view: dict[str, Any]) -> dict[str, Any]:
     """What anyone may see of a case without a reason: status, dates, counts, hashes and flags, and nothing
     a sender wrote (no subject, text, addresses, filenames, indicators, report fields)."""
     keep = ("case_id", "status", "kind", "hold", "created_at", "updated_at", "flags", "merged_into")
+    keep += ("assignee",)  # issue 20: who works the case is the desk's, not the sender's
     meta: dict[str, Any] = {k: view.get(k) for k in keep if k in view}
     for key in (
         "csam",

@@ -11,7 +11,8 @@ from sqlalchemy import Engine, func
 from sqlalchemy.orm import defer
 from sqlmodel import Session, select
 
-from storage import csam_views
+from storage import casenotes, csam_views
+from storage import queue as case_queue
 from storage.links import links_view
 from storage.models import (
     AttachmentItemRow,
@@ -40,6 +41,30 @@ class Desk:
         limit: int = 100,
     ) -> list[dict[str, Any]]:
         return find_cases(self.engine, CaseFilter(status=status, indicator=host_or_value), limit).rows
+
+    def queue(
+        self,
+        status: str | None = None,
+        kind: str | None = None,
+        flag: str | None = None,
+        assignee: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        before: str | None = None,
+        limit: int = 50,
+        *,
+        unassigned: bool = False,
+    ) -> case_queue.QueuePage:
+        """The web desk's queue, keyset-paginated (storage/queue.py)."""
+        return case_queue.queue(
+            self.engine, status, kind, flag, assignee, since, until, before, limit, unassigned=unassigned
+        )
+
+    def assign(self, case_id: str, assignee: str | None, actor: str) -> str:
+        return casenotes.assign(self.engine, case_id, assignee, actor)
+
+    def add_note(self, case_id: str, author: str, body: str) -> str:
+        return casenotes.add_note(self.engine, case_id, author, body)
 
     def show_case(self, case_id: str) -> dict[str, Any] | None:
         with Session(self.engine) as session:
@@ -142,6 +167,7 @@ class Desk:
                     ).all()
                 ],
                 "events": [{"at": _iso(at), "kind": k, "detail": d} for at, k, d in events],
+                "notes": casenotes.notes_view(session, case.id),  # issue 20
             }
         )
         csam_views.decorate_case_view(session, case, view, [m.id or 0 for m in messages])  # issue 19

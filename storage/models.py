@@ -11,7 +11,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import JSON, Column, DateTime, Index, LargeBinary, UniqueConstraint, true
+from sqlalchemy import text as sql_text  # `text` is a column of Message
 from sqlmodel import Field, SQLModel
+
+# A message with at least one flag: the predicate of `ix_messages_flagged`, and the term every flag query
+# adds so the planner may use that index (the same text in both, or it cannot tell).
+FLAGS_TEXT = "CAST(flags AS VARCHAR)"
+FLAGGED = f"{FLAGS_TEXT} != '[]'"
 
 
 def utcnow() -> datetime:
@@ -76,8 +82,10 @@ class Case(SQLModel, table=True):
     # No purge removes the case (or its messages and raw bytes) before this: the latest end of every
     # preservation its marks placed (`storage/csam.py` recomputes it from `csam_marks`).
     preserve_until: datetime | None = _ts(default=None, nullable=True)
-    created_at: datetime = _ts(default_factory=utcnow, index=True)
+    created_at: datetime = _ts(default_factory=utcnow)
     updated_at: datetime = _ts(default_factory=utcnow)
+    # The desk user working the case (a `desk_users.name`; users are disabled, never deleted), or None.
+    assignee: str | None = Field(default=None, max_length=64, nullable=True)
     # Set when the desk merged this case into another (status `merged`): mail that names this case's ID
     # joins that one, and the ID is never given out again (issue 16).
     merged_into_pk: int | None = Field(default=None, foreign_key="cases.id", nullable=True)
@@ -85,8 +93,19 @@ class Case(SQLModel, table=True):
     # A new report looks up the same reporter's recent open cases to link them (issue 16).
     __table_args__ = (
         Index("ix_cases_reporter_created", "reporter", "created_at"),
-        # The desk's queue: newest first within a status, without sorting every open case (issue 17).
-        Index("ix_cases_status_created", "status", "created_at"),
+        # The desk's queue (issues 17, 20): newest first, whole or within a status or an assignee, read off
+        # an index in (created_at, id) order, so a keyset page (`before` a row) costs what page 1 costs.
+        Index("ix_cases_created_id", "created_at", "id"),
+        Index("ix_cases_status_created", "status", "created_at", "id"),
+        Index("ix_cases_assignee_created", "assignee", "created_at", "id"),
+        # The few cases in the CSAM compartment, for the queue's flag filter (issue 20, storage/search.py).
+        Index("ix_cases_csam", "id", sqlite_where=sql_text("csam"), postgresql_where=sql_text("csam")),
+        Index(
+            "ix_cases_possible_csam",
+            "id",
+            sqlite_where=sql_text("possible_csam"),
+            postgresql_where=sql_text("possible_csam"),
+        ),
     )
 
 
@@ -119,7 +138,21 @@ class Message(SQLModel, table=True):
     # Forwarded messages (attached or inline) with their own parsed headers, in display form (issue 6).
     evidence: list[dict[str, Any]] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
 
-    __table_args__ = (UniqueConstraint("case_pk", "index"),)
+    __table_args__ = (
+        UniqueConstraint("case_pk", "index"),
+        # The few messages with a flag, by case, with their flags (issue 20): "cases flagged
+        # processing_failed" reads this small index instead of the messages of every case (whose flags sit
+        # behind their text). Predicate and expression are written as the query writes them
+        # (storage/search.py), so both SQLite and PostgreSQL see that the index applies.
+        Index(
+            "ix_messages_flagged",
+            "case_pk",
+            sql_text(FLAGS_TEXT),  # the flags as text: the LIKE is answered from the index
+            postgresql_include=["flags"],  # PostgreSQL reads expressions off an index only with their column
+            sqlite_where=sql_text(FLAGGED),
+            postgresql_where=sql_text(FLAGGED),
+        ),
+    )
 
 
 class AttachmentRow(SQLModel, table=True):
@@ -297,3 +330,8 @@ class CsamMark(SQLModel, table=True):
     cleared_at: datetime | None = _ts(default=None, nullable=True)
     cleared_by: str | None = Field(default=None, max_length=64)
     clear_reason: str | None = None
+
+
+# The desk's tables (issue 20) live in their own module; importing it here registers them wherever the case
+# tables are (alembic's env, `compare_metadata`).
+from storage import desk_models as desk_models  # noqa: E402

@@ -10,6 +10,7 @@ from sqlalchemy import Engine, and_, or_, update
 from sqlmodel import Session, select
 
 from storage import csam, csam_views
+from storage.desk_models import CaseNote
 from storage.models import (
     AttachmentRow,
     AuditEvent,
@@ -101,6 +102,7 @@ class Retention:
             )
             session.execute(delete(IndicatorRow).where(IndicatorRow.case_pk.in_(case_pks)))
             session.execute(delete(CaseEvent).where(CaseEvent.case_pk.in_(case_pks)))
+            session.execute(delete(CaseNote).where(CaseNote.case_pk.in_(case_pks)))  # issue 20
             csam.forget_marks(session, case_pks)  # issue 19: only ever of cases whose preservation is over
             session.execute(
                 delete(CaseLink).where(or_(CaseLink.case_pk.in_(case_pks), CaseLink.other_pk.in_(case_pks)))

@@ -32,6 +32,7 @@ from storage.records import (
 )
 from storage.reprocess import Reprocess
 from storage.retention import Retention
+from storage.users import Users
 from storage.util import is_integrity_error
 
 __all__ = [
@@ -69,6 +70,7 @@ class CaseStore:
         self.desk = Desk(engine)
         self.outbox = Outbox(engine, self.worker_id)
         self.retention = Retention(engine)
+        self.users = Users(engine)  # issue 20: the desk's people, sessions, failed logins
 
         self.claim_inbox = self.claims.claim_inbox
         self.release_dead_claims = self.claims.release_dead_claims

@@ -585,3 +585,41 @@ def test_serve_takes_mail_over_starttls_inside_the_units_syscall_filter_and_wx_b
     assert "Traceback" not in text and "Operation not permitted" not in text, text
     listed = upgraded.cli("cases", "list", "--json", "--indicator", "sandboxed-phish.example")
     assert len(json.loads(listed.stdout)) == 1
+
+
+# ---- the desk's unit (issue 20) --------------------------------------------------------------------------
+
+WEB_SERVICE = UNITS / "abuse-gateway-web.service"
+
+
+@needs_systemd_analyze
+def test_web_unit_passes_systemd_analyze_verify_without_a_single_warning(tmp_path: Path) -> None:
+    binary = Path(sys.executable).with_name("abuse-gateway")
+    if not binary.exists():
+        pytest.skip("the abuse-gateway console script is not installed next to this interpreter")
+    text = WEB_SERVICE.read_text()
+    assert PRODUCTION_BINARY in text
+    (tmp_path / WEB_SERVICE.name).write_text(text.replace(PRODUCTION_BINARY, str(binary)))
+    result = _systemd_analyze("verify", "--man=no", "--generators=no", f"./{WEB_SERVICE.name}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "" and result.stderr.strip() == "", result.stdout + result.stderr
+
+
+@needs_systemd_analyze
+def test_web_service_exposure_is_at_most_two() -> None:
+    result = _systemd_analyze("security", "--offline=true", "--no-pager", str(WEB_SERVICE))
+    match = re.search(r"Overall exposure level for \S+: (\d+(?:\.\d+)?)", result.stdout)
+    assert match, result.stdout + result.stderr
+    assert float(match.group(1)) <= MAX_EXPOSURE, result.stdout
+
+
+def test_web_unit_runs_the_desk_with_no_privilege_as_the_service_user() -> None:
+    """The desk binds an unprivileged port: no capability at all, unlike the SMTP unit's port 25; the
+    same user, config and state directory, so it reads the store `serve` writes."""
+    web, smtp = _unit_settings(WEB_SERVICE), _unit_settings(SERVICE)
+    assert web["ExecStart"][0].split()[1:3] == ["web", "--config"]
+    assert web["CapabilityBoundingSet"] == [""] and web["AmbientCapabilities"] == [""]
+    for key in ("User", "Group", "StateDirectory", "ConfigurationDirectory", "WorkingDirectory", "UMask"):
+        assert web[key] == smtp[key], key
+    for key in ("NoNewPrivileges", "ProtectSystem", "MemoryDenyWriteExecute", "RestrictAddressFamilies"):
+        assert web[key] == smtp[key], key

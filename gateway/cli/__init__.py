@@ -13,12 +13,23 @@ their commands on the groups, and the import graph stays acyclic (tests/test_imp
     cases.py        cases list, show
     compartment.py  the CSAM viewing rule (--reason), cases csam
     evidence.py     cases raw, export, attachment
-    casework.py     cases close, reopen, hold, release, merge, unmerge, split, unsplit
+    casework.py     cases close, reopen, hold, release, merge, unmerge, split, unsplit, assign, note
     outbox.py       outbox list, show
     operations.py   serve, ingest, reprocess, db upgrade, check-config, purge, audit list
+    users.py        users add, list, passwd, disable, enable, role (the web desk's people)
+    web.py          web (the desk's HTTP server; gateway/web/)
 """
 
-from gateway.cli import cases, casework, compartment, evidence, operations, outbox  # noqa: F401 (registers)
+from gateway.cli import (  # noqa: F401 (registers)
+    cases,
+    casework,
+    compartment,
+    evidence,
+    operations,
+    outbox,
+    users,
+    web,
+)
 from gateway.cli.common import EX_NOTFOUND, EX_OK, EX_TEMPFAIL, EX_USAGE, main
 
 __all__ = ["EX_NOTFOUND", "EX_OK", "EX_TEMPFAIL", "EX_USAGE", "main"]

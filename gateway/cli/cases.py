@@ -3,7 +3,6 @@ case in the CSAM compartment passes the viewing rule in gateway/cli/compartment.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import click
@@ -24,9 +23,6 @@ from gateway.cli.common import (
 )
 from gateway.cli.compartment import _REASON_HELP, _compartment_gate, _reason_text
 from storage.search import CASE_STATUSES, MESSAGE_KINDS
-
-# MD5, SHA-1, SHA-256 or PDQ: 32, 40 or 64 hex digits.
-_DIGEST_RE = r"[0-9a-fA-F]{32}(?:[0-9a-fA-F]{8}|[0-9a-fA-F]{32})?"
 
 
 @cases.command("list")
@@ -69,17 +65,15 @@ def cases_list(
     from storage.search import CaseFilter, find_cases
 
     store = _store(ctx)
+    from gateway.case_query import indicator_filter, is_digest
+
     host_or_value = None
     if indicator:
-        from parsers.indicators import indicator_host, parse_indicator_query
-
-        parsed = parse_indicator_query(indicator)
-        if parsed is None:
+        host_or_value = indicator_filter(indicator)
+        if host_or_value is None:
             _say(f"abuse-gateway: {indicator!r} is not a URL, domain, IP or e-mail address", err=True)
             ctx.exit(EX_USAGE)
-        host = indicator_host(parsed) if parsed.kind in ("domain", "ipv4", "ipv6") else None
-        host_or_value = (parsed.value, host)
-    if digest is not None and not re.fullmatch(_DIGEST_RE, digest.strip()):
+    if digest is not None and not is_digest(digest):
         _say(f"abuse-gateway: --hash {digest!r} is not 32, 40 or 64 hex digits", err=True)
         ctx.exit(EX_USAGE)
     wanted = CaseFilter(
@@ -94,10 +88,9 @@ def cases_list(
         digest=digest,
     )
     found = find_cases(store.engine, wanted, limit=limit)
-    rows = found.rows
-    for row in rows:  # a subject is content: of a CSAM or possible-CSAM case, only with a reason (issue 19)
-        if row.get("csam") or row.get("possible_csam"):
-            row["subject"], row["content_withheld"] = "[withheld: CSAM compartment]", True
+    from gateway.viewing import withhold_listed
+
+    rows = withhold_listed(found.rows)  # a subject is content: of a CSAM case, only with a reason (issue 19)
     if found.cut_note():
         click.echo(str(found.cut_note()), err=True)
     if as_json:
@@ -179,6 +172,7 @@ def cases_show(ctx: click.Context, case_id: str, as_json: bool, metadata: bool, 
 
     _say(f"Case {_v(view['case_id'])}  [{_v(view['status'])}]  reporter: {_v(view['reporter']) or '-'}")
     _say(f"Opened {_v(view['created_at'])}  updated {_v(view['updated_at'])}")
+    _say(f"Assigned to: {_v(view.get('assignee')) or 'nobody'}")
     for line in csam_words(view):
         _say(_v(line))
     if view.get("merged_into"):
@@ -238,5 +232,9 @@ def cases_show(ctx: click.Context, case_id: str, as_json: bool, metadata: bool, 
             f"Sent: #{sent['id']} {_v(sent['kind'])} to {_v(sent['recipient'])}: {_v(sent['state'])}{why} "
             f"{_v(when)}  (outbox show {sent['id']})"
         )
+    for note in view.get("notes", []):
+        _say("")
+        _say(f"Note by {_v(note['author'])} at {_v(note['created_at'])}:")
+        click.echo(_v(note["body"], multiline=True))
     for event in view.get("events", []):
         _say(f"Event {_v(event['at'])}: {_v(event['kind'])} {_v(event['detail'])}")

@@ -1,9 +1,9 @@
 """Changing a case by hand: status (`close`, `reopen`), legal hold (`hold`, `release`), and moving
-messages between cases (`merge`, `unmerge`, `split`, `unsplit`), each audited and each undoable."""
+messages between cases (`merge`, `unmerge`, `split`, `unsplit`), each audited and each undoable; and
+working it (`assign`, `note`, issue 20), through the same storage calls as the web desk."""
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -94,12 +94,9 @@ def _case_move(ctx: click.Context, action: Callable[[Any], Any]) -> Any:
 def _reindex(ctx: click.Context, case_id: str) -> None:
     """Index the indicators of a case that received messages by a split: they are derived from the
     messages, so they are derived again (the raw bytes are read, never changed)."""
-    from gateway.prepare import prepare
+    from gateway.reindex import reindex_case
 
-    store = _store(ctx)
-    for message_pk, entry in store.messages_for_reprocess(failed_only=False, case_id=case_id):
-        with contextlib.suppress(Exception):
-            store.update_reprocessed(message_pk, prepare(entry))
+    reindex_case(_store(ctx), case_id)
 
 
 @cases.command("merge")
@@ -151,3 +148,59 @@ def cases_unsplit(ctx: click.Context, case_id: str) -> None:
     case_id = _case_arg(ctx, case_id)
     result = _case_move(ctx, lambda work: work.unsplit(case_id, _unix_user()))
     click.echo(f"{result.source} returned to {result.target} ({result.messages} message(s))")
+
+
+def _desk_work(ctx: click.Context, action: Callable[[Any], str]) -> str:
+    """Run one assignment or note (the web desk calls the same storage functions); a refusal is in words."""
+    from storage.casenotes import DeskWorkError
+
+    try:
+        return action(_store(ctx).desk)
+    except DeskWorkError as exc:
+        _say(f"abuse-gateway: {exc}", err=True)
+        ctx.exit(EX_NOTFOUND if str(exc).startswith("no ") else EX_USAGE)
+
+
+@cases.command("assign")
+@with_config
+@click.argument("case_id")
+@click.argument("user", required=False)
+@click.option("--none", "nobody", is_flag=True, help="assign the case to nobody")
+@click.pass_context
+def cases_assign(ctx: click.Context, case_id: str, user: str | None, nobody: bool) -> None:
+    """Assign CASE to desk user USER (enabled), or to nobody with --none (audited)."""
+    case_id = _case_arg(ctx, case_id)
+    if nobody == (user is not None):
+        click.echo("abuse-gateway: give a USER or --none", err=True)
+        ctx.exit(EX_USAGE)
+    done = _desk_work(ctx, lambda desk: desk.assign(case_id, None if nobody else user, _unix_user()))
+    _say(f"{done} assigned to {user}" if user is not None else f"{done} assigned to nobody")
+
+
+@cases.command("note")
+@with_config
+@click.argument("case_id")
+@click.option(
+    "--file",
+    "note_file",
+    type=click.File("rb"),
+    default="-",
+    help="read the note from this file (default: standard input)",
+)
+@click.pass_context
+def cases_note(ctx: click.Context, case_id: str, note_file: Any) -> None:
+    """Add an internal note to CASE, from --file or standard input (UTF-8, up to 64 KiB; audited)."""
+    from storage.casenotes import NOTE_MAX_BYTES
+
+    case_id = _case_arg(ctx, case_id)
+    data = note_file.read(NOTE_MAX_BYTES + 1)
+    if len(data) > NOTE_MAX_BYTES:
+        click.echo(f"abuse-gateway: the note is longer than {NOTE_MAX_BYTES // 1024} KiB", err=True)
+        ctx.exit(EX_USAGE)
+    try:
+        body = data.decode("utf-8")
+    except UnicodeDecodeError:
+        click.echo("abuse-gateway: the note is not UTF-8", err=True)
+        ctx.exit(EX_USAGE)
+    done = _desk_work(ctx, lambda desk: desk.add_note(case_id, _unix_user(), body))
+    _say(f"note added to {done}")

@@ -22,24 +22,29 @@ _REASON_HELP = "why you need to see it (required on a CSAM or possible-CSAM case
 
 def _reason_text(ctx: click.Context, reason: str | None) -> str | None:
     """A reason as given, or None; an empty or blank one is no reason at all (exit 2)."""
+    from gateway.viewing import reason_text
+
     if reason is None:
         return None
-    if not reason.strip():
+    stated = reason_text(reason)
+    if stated is None:
         _say("abuse-gateway: --reason needs words: who asked, what for", err=True)
         ctx.exit(EX_USAGE)
-    return reason.strip()[:2000]
+    return stated
 
 
 def _compartment_gate(ctx: click.Context, case_id: str, reason: str | None, what: str) -> bool:
     """True when the case is in the CSAM compartment (so the view is recorded as `viewed`). Refuses (exit 2)
     a view of such a case without a reason; exit 1 for an unknown case (issue 19, point 5)."""
+    from gateway.viewing import OPERATOR, Sight, sight
     from storage.csam_views import in_compartment
 
     marked = in_compartment(_store(ctx).engine, case_id)
-    if marked is None:
+    seen = sight(OPERATOR, marked)
+    if seen is Sight.NONE:
         _say(f"abuse-gateway: no case {case_id}", err=True)
         ctx.exit(EX_NOTFOUND)
-    if marked and reason is None:
+    if seen is Sight.REASON and reason is None:
         _say(
             f"abuse-gateway: {case_id} is marked CSAM or possible CSAM: {what} needs --reason TEXT "
             "(recorded with your name); `cases show --metadata` needs none",
@@ -54,8 +59,9 @@ def _compartment_gate(ctx: click.Context, case_id: str, reason: str | None, what
 @click.argument("case_id")
 @click.option("--reason", required=True, metavar="TEXT", help="why (recorded with your name)")
 @click.option("--clear", is_flag=True, help="unmark: clear the CSAM mark and every possible-CSAM signal")
+@click.option("--possible", is_flag=True, help="raise the possible-CSAM signal instead of confirming")
 @click.pass_context
-def cases_csam(ctx: click.Context, case_id: str, reason: str, clear: bool) -> None:
+def cases_csam(ctx: click.Context, case_id: str, reason: str, clear: bool, possible: bool) -> None:
     """Mark a case as child sexual abuse material (or, with --clear, unmark it); audited with who and why.
 
     A mark preserves the case [csam] preserve_days (at least 365) from now, and its content is then shown
@@ -64,7 +70,7 @@ def cases_csam(ctx: click.Context, case_id: str, reason: str, clear: bool) -> No
     """
     from datetime import timedelta
 
-    from storage.csam import CsamError, clear_marks, mark
+    from storage.csam import CSAM, POSSIBLE, CsamError, clear_marks, mark
 
     case_id = _case_arg(ctx, case_id)
     why = _reason_text(ctx, reason) or ""
@@ -74,7 +80,7 @@ def cases_csam(ctx: click.Context, case_id: str, reason: str, clear: bool) -> No
             result = clear_marks(engine, case_id, _unix_user(), why)
         else:
             preserve = timedelta(days=_config(ctx).csam.preserve_days)
-            result = mark(engine, case_id, _unix_user(), why, preserve)
+            result = mark(engine, case_id, _unix_user(), why, preserve, POSSIBLE if possible else CSAM)
     except CsamError as exc:
         _say(f"abuse-gateway: {exc}", err=True)
         ctx.exit(EX_NOTFOUND if str(exc).startswith("no ") else EX_USAGE)
@@ -84,4 +90,4 @@ def cases_csam(ctx: click.Context, case_id: str, reason: str, clear: bool) -> No
     if clear:
         _say(f"{result.case_id} cleared ({result.cleared} mark(s)); {held}{where}")
     else:
-        _say(f"{result.case_id} marked CSAM; {held}{where}")
+        _say(f"{result.case_id} marked {'possible CSAM' if possible else 'CSAM'}; {held}{where}")
