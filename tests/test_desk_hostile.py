@@ -199,6 +199,9 @@ class Analyst:
             assert "default-src 'none'" in policy and "frame-ancestors 'none'" in policy, (url, status)
             assert "unsafe-inline" not in policy and "script-src" not in policy, policy
             assert headers.get("x-content-type-options") == "nosniff", url
+            kind = headers.get("content-type", "")
+            if kind.startswith("text/html"):  # no charset left for a browser to guess (UTF-7 and the like)
+                assert "charset=utf-8" in kind.replace(" ", "").lower(), (url, kind)
 
     def close(self) -> None:
         self.context.close()
@@ -311,6 +314,7 @@ CASE_TEXT: dict[str, list[str]] = {
     "rfc2047_markup.eml": [f"{SCRIPT} {IMG}", f"{SCRIPT}.bin"],
     "esc_bidi.eml": ["<U+202E>", "\\x1b[2J", "invoice<U+202E>fdp.exe"],
     "big_text.eml": [SCRIPT, "Showing the first"],
+    "utf7_charset.eml": [SCRIPT, "+ADw-script+AD4-"],  # the subject decoded from UTF-7, the body not
 }
 
 
