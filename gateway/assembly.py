@@ -34,6 +34,7 @@ from parsers.case_ref import new_case_id
 from parsers.message import parse_message
 from storage import schema
 from storage.casework import CaseWork
+from storage.claims import new_worker_id
 from storage.engine import make_engine
 from storage.inbox import Inbox, Spool
 from storage.records import Committed
@@ -61,12 +62,13 @@ def build_engine(config: Config, *, durable: bool = True) -> Engine:
     return make_engine(config.store.url, durable=durable)
 
 
-def build_store(config: Config, engine: Engine | None = None) -> CaseStore:
+def build_store(config: Config, engine: Engine | None = None, worker_group: str = "") -> CaseStore:
     engine = engine or make_engine(config.store.url)
     prefix = config.intake.case_prefix
     return CaseStore(
         engine,
         new_case_id=lambda: new_case_id(prefix),
+        worker_id=new_worker_id(worker_group),
         related_window=timedelta(days=config.intake.related_days),
         csam_preserve=timedelta(days=config.csam.preserve_days),
     )

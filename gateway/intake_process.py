@@ -59,8 +59,10 @@ def _child(
     if niceness:
         with contextlib.suppress(OSError):
             os.nice(niceness)
-    # Everything this process writes can be derived again from the inbox: see storage/engine.py.
-    store = build_store(config, build_engine(config, durable=False))
+    # Everything this process writes can be derived again from the inbox: see storage/engine.py. Its
+    # claims carry its gateway's mark, so a stopping sibling waits for them and for nobody else's.
+    group = _group(parent_pid)
+    store = build_store(config, build_engine(config, durable=False), worker_group=group)
     release_dead_claims(store)
     log.info("intake worker ready: pid=%d", os.getpid())
 
@@ -101,9 +103,9 @@ def _child(
         if handled:
             continue
         if stop.value:
-            # Nothing to claim is not yet an empty inbox: another child may hold claims it could give
-            # back (a failure releases its entry), so stop only when nothing is pending at all.
-            if _inbox_empty(store):
+            # Nothing to claim is not yet a drained inbox: a sibling may hold claims it could give back
+            # (a failure releases its entry). Another gateway's claims on a shared store are not waited for.
+            if _drained(store, group):
                 break
             time.sleep(0.1)
             continue
@@ -112,9 +114,14 @@ def _child(
     store.engine.dispose()
 
 
-def _inbox_empty(store: Any) -> bool:
+def _group(parent_pid: int) -> str:
+    """The mark of one gateway's intake workers in their claims (storage.claims.new_worker_id)."""
+    return f"g{parent_pid}."
+
+
+def _drained(store: Any, group: str) -> bool:
     try:
-        return bool(store.inbox_depth() == 0)
+        return bool(store.undrained(group) == 0)
     except Exception:  # the store is down: leave, the entries stay pending for the next start
         return True
 

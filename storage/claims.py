@@ -21,12 +21,19 @@ from storage.util import _aware, _now
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def new_worker_id() -> str:
+def new_worker_id(group: str = "") -> str:
     """Unique per process, across hosts: claims are matched by it, so two workers must never share one.
     Minted when a Store is built, not at import: `ingest`'s intake children are forked from the CLI, and an
     id minted at import was inherited by both, so each selected the other's claims too and every entry was
-    prepared (and logged `stored:`) twice, the second time as a duplicate (issue 16.4)."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    prepared (and logged `stored:`) twice, the second time as a duplicate (issue 16.4). `group` (no colon)
+    names the workers of one gateway, so a stopping one can tell its siblings' claims from another's."""
+    return f"{socket.gethostname()}:{os.getpid()}:{group}{uuid.uuid4().hex[:8]}"
+
+
+def in_group(worker_id: str, group: str) -> bool:
+    """Was `worker_id` minted on this host with `new_worker_id(group)`?"""
+    host, _, rest = worker_id.partition(":")
+    return host == socket.gethostname() and rest.partition(":")[2].startswith(group)
 
 
 @dataclass(slots=True)
@@ -126,6 +133,26 @@ class Claims:
                 .where(InboxEntry.id == inbox_id)
                 .values(last_error=error[:500], claimed_until=None, claimed_by=None)
             )
+
+    def undrained(self, group: str) -> int:
+        """Pending entries a stopping worker of `group` must still see done: those anyone may claim now,
+        and those leased to a worker of its group (a failure there hands the entry back). An entry leased
+        to another gateway's worker is that gateway's to finish, or its lease runs out and it is claimed
+        then: waiting for it held a gateway's stop for the whole drain grace (30 s)."""
+        now = _now()
+        with Session(self.engine) as session:
+            claimable = session.exec(
+                select(func.count(InboxEntry.id)).where(
+                    InboxEntry.state == "pending",
+                    or_(InboxEntry.claimed_until.is_(None), InboxEntry.claimed_until < now),
+                )
+            ).one()
+            holders = session.exec(
+                select(InboxEntry.claimed_by, func.count(InboxEntry.id))
+                .where(InboxEntry.state == "pending", InboxEntry.claimed_until >= now)
+                .group_by(InboxEntry.claimed_by)
+            ).all()
+        return int(claimable) + sum(int(n) for holder, n in holders if holder and in_group(holder, group))
 
     def inbox_stats(self) -> tuple[int, datetime | None]:
         """How many entries wait, and since when the oldest has."""

@@ -79,6 +79,7 @@ class CaseStore:
         self.release_failed = self.claims.release_failed
         self.inbox_stats = self.claims.inbox_stats
         self.inbox_depth = self.claims.inbox_depth
+        self.undrained = self.claims.undrained
 
         self.commit_processed = self.intake.commit_processed
 

@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from gateway.cli import EX_TEMPFAIL, EX_USAGE, main
-from tests.conftest import CORPUS, load_eml
+from tests.conftest import CORPUS, load_eml, upgrade_store
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -61,7 +61,7 @@ def _cli(config: Path, *args: str, input: bytes | None = None) -> tuple[int, byt
 @pytest.fixture
 def configured(tmp_path: Path, store_url: str) -> Path:
     config = _write_config(tmp_path, store_url)
-    assert CliRunner().invoke(main, ["--config", str(config), "db", "upgrade"]).exit_code == 0
+    upgrade_store(store_url)
     return config
 
 

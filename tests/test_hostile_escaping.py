@@ -149,8 +149,8 @@ def test_every_displayed_field_is_escaped_over_smtp_and_the_cli(
     assert code == 250, reply
     gateway.wait_idle()
     config = cli_config_for(tmp_path, store_url)
-    rows = json.loads(run_on_pipe(config, "cases", "list", "--json")[1])
-    case_id = rows[0]["case_id"]
+    [row] = gateway.store.list_cases()
+    case_id = row["case_id"]
     view = json.loads(run_on_pipe(config, "cases", "show", case_id, "--json")[1])
     message = view["messages"][0]
     assert message["sender"] == sender  # what is kept is not escaped

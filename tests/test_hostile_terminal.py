@@ -115,10 +115,8 @@ def hostile_case(
     code, reply = gateway.send(hostile_message(), mail_from="security@bank.example")
     assert code == 250, reply
     gateway.wait_idle()
-    config = cli_config_for(tmp_path, store_url)
-    rows = json.loads(run_on_pipe(config, "cases", "list", "--json")[1])
-    assert len(rows) == 1
-    return config, rows[0]["case_id"]
+    [row] = gateway.store.list_cases()  # the case ID from the store: each test then runs the CLI itself
+    return cli_config_for(tmp_path, store_url), row["case_id"]
 
 
 def assert_terminal_safe(output: bytes) -> str:
