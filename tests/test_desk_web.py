@@ -152,6 +152,7 @@ def test_support_sees_status_and_count_but_nothing_a_sender_wrote(desk: Desk) ->
     assert desk.cases["plain"] in page.text and "open" in page.text
     for content in ("SSH", "alice", "203.0.113", "victim", "reporter@"):
         assert content not in page.text
+    assert "Work this case" not in page.text and "<form method=\"post\" action=\"/cases" not in page.text
 
 
 def test_support_finds_a_case_by_the_id_as_a_reporter_quotes_it(desk: Desk) -> None:
@@ -267,6 +268,25 @@ def test_queue_filters_and_pages_by_keyset(desk: Desk) -> None:
     assert desk.cases["csam"] in page and desk.cases["plain"] not in page
     assert "not one of" in client.get("/?status=bogus").text
     assert "Next page" not in client.get("/").text
+
+
+def test_next_page_link_walks_the_whole_queue_once(desk: Desk, monkeypatch: pytest.MonkeyPatch) -> None:
+    import html
+
+    from gateway.web import queue_pages
+
+    monkeypatch.setattr(queue_pages, "PAGE_SIZE", 2)  # the server thread reads the module's constant
+    client = client_as(desk.base, "analyst")
+    seen: list[str] = []
+    path: str | None = "/"
+    while path is not None:
+        page = client.get(path).text
+        seen += re.findall(r'<td class="id"><a href="/cases/([A-Z0-9-]+)">', page)
+        found = re.search(r'<a href="([^"]+)" rel="next">', page)
+        path = html.unescape(found.group(1)) if found else None
+        assert len(seen) < 50
+    assert len(seen) == len(set(seen)) >= 4
+    assert set(desk.cases.values()) <= set(seen)
 
 
 def test_sso_header_from_a_trusted_proxy_names_the_user(desk: Desk) -> None:

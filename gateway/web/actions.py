@@ -15,6 +15,7 @@ A case the person may not see at all is the one 404, as everywhere.
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 
 from starlette.requests import Request
@@ -26,11 +27,18 @@ from gateway.web.case_pages import lookup
 from gateway.web.gate import READERS, case_id_of, form_value, needs, parts, person
 from gateway.web.render import not_found, plain
 
+log = logging.getLogger("abuse_gateway.web")
 ACTIONS = ("close", "reopen", "hold", "release", "assign", "note", "csam", "merge", "split")
 
 
 def _back(case_id: str, done: str) -> Response:
     return RedirectResponse(f"/cases/{case_id}?done={done}", status_code=303)
+
+
+def _logged(request: Request, case_id: str, action: str, response: Response) -> Response:
+    """One log line per action: who, what, which case, the answer (IDs and outcomes, never content)."""
+    log.info("web: %s %s %s -> %d", person(request).name, action, case_id, response.status_code)
+    return response
 
 
 def _refused(text: str) -> Response:
@@ -39,6 +47,14 @@ def _refused(text: str) -> Response:
 
 @needs(*READERS)
 def act(request: Request) -> Response:
+    response = _act(request)
+    # Canonical ID and known action only: what the URL said is not logged.
+    case_id = case_id_of(request, request.path_params.get("case_id", "")) or "-"
+    action = request.path_params["action"] if request.path_params["action"] in ACTIONS else "?"
+    return _logged(request, case_id, action, response)
+
+
+def _act(request: Request) -> Response:
     action = request.path_params["action"]
     found = lookup(request)
     if found is None or action not in ACTIONS:

@@ -143,6 +143,10 @@ def _sso_person(request: Request, name: str, token: str) -> Person:
 
 
 async def login_form(request: Request) -> Response:
+    token = request.cookies.get(SESSION_COOKIE, "")
+    users = request.app.state.desk.store.users
+    if token and await run_in_threadpool(users.session, token) is not None:
+        return RedirectResponse("/", status_code=303)  # already signed in
     return _login_page(request)
 
 

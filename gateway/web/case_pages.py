@@ -21,6 +21,15 @@ from gateway.web.render import Block, Live, Ours, not_found, page
 
 # A page a browser still scrolls: a 10 MB paste is shown by its start, the whole of it is in the .eml.
 TEXT_SHOWN_CHARS = 200_000
+# What support tells a reporter about a confirmation, by its outbox state (storage/outbox.py).
+OUTBOX_WORDS = {
+    "pending": "queued, not sent yet",
+    "sending": "being sent",
+    "sent": "sent (accepted by our mail server)",
+    "failed": "could not be sent",
+    "bounced": "sent, then bounced back (not delivered)",
+    "suppressed": "not sent (the policy held it back)",
+}
 # What an action's redirect may announce (`?done=`): fixed words, never text from the request.
 DONE = {
     "closed": "Case closed.",
@@ -64,7 +73,12 @@ def facts(view: dict[str, Any]) -> dict[str, Any]:
         "hold": view.get("hold"),
         "assignee": view.get("assignee"),  # a staff name, not a sender's
         "confirmations": [
-            {"kind": o["kind"], "state": o["state"], "created_at": o["created_at"], "sent_at": o["sent_at"]}
+            {
+                "kind": o["kind"],
+                "state": OUTBOX_WORDS.get(o["state"], o["state"]),
+                "created_at": o["created_at"],
+                "sent_at": o["sent_at"],
+            }
             for o in view.get("outbox", [])
         ],
     }
@@ -128,7 +142,7 @@ def _actions(role: str, seen: Sight, view: dict[str, Any]) -> dict[str, bool]:
         "work": may_work(role),
         "confirm": may_mark(role, True) and not view.get("csam"),
         "possible": may_mark(role, False) and seen in (Sight.CONTENT, Sight.REASON) and not compartment,
-        "clear": may_mark(role, True) and compartment,
+        "unmark": may_mark(role, True) and compartment,  # not "clear": a dict method Jinja would find
     }
 
 
