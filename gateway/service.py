@@ -55,6 +55,8 @@ class Service:
     limits: ConnectionLimits | None = None
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     on_ready: Callable[[Service], None] | None = None
+    # How often the spool is looked at for messages to move into the store (tests look more often).
+    spool_replay_every: float = 2.0
 
     def __post_init__(self) -> None:
         self.engine = build_engine(self.config)
@@ -290,7 +292,7 @@ class Service:
                     self._wake_intake()
                 except Exception as exc:
                     log.warning("spool replay failed: error=%s", type(exc).__name__)
-            await asyncio.sleep(2.0)
+            await asyncio.sleep(self.spool_replay_every)
 
     async def _watchdog(self, interval: float) -> None:
         """WATCHDOG=1 at half of WatchdogSec while the gateway can keep its promise: the loop runs (this

@@ -332,7 +332,8 @@ def start_gateway(config: Config, parse: ParseFn | None = None, upgrade: bool = 
         holder["loop"] = loop
 
         async def main() -> None:
-            service = Service(config, parse=parse, on_ready=lambda _s: started.set())
+            # The spool is looked at every 0.2 s, not 2 s: the outage tests wait for its replay.
+            service = Service(config, parse=parse, on_ready=lambda _s: started.set(), spool_replay_every=0.2)
             holder["service"] = service
             await service.run()
 

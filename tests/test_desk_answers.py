@@ -75,7 +75,7 @@ def test_analyst_writes_a_reply_and_sets_what_the_status_page_says(
     gateway, base, case_id = desk
     analyst = client_as(base, "analyst")
     text = "Subject: About the page you reported\r\n\r\nThank you, we took it down.\r\n"
-    assert _post(analyst, case_id, "reply", body=text) == 303
+    assert _post(analyst, case_id, "reply", text=text) == 303
     answer = _mail(smtp_sink, 2)
     assert answer["Subject"] == f"[{case_id}] About the page you reported"
     assert "we took it down" in answer.get_content()
@@ -116,5 +116,5 @@ def test_an_unknown_template_or_an_empty_reply_is_refused_in_words(
     token = analyst.csrf(f"/cases/{case_id}")
     unknown = analyst.post(f"/cases/{case_id}/reply", {"csrf": token, "template": "../../etc/passwd"})
     assert unknown.status == 400 and "no such reply template" in unknown.text
-    empty = analyst.post(f"/cases/{case_id}/reply", {"csrf": token, "body": "  "})
+    empty = analyst.post(f"/cases/{case_id}/reply", {"csrf": token, "text": "  "})
     assert empty.status == 400 and re.search(r"Write the reply", empty.text)

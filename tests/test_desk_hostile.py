@@ -14,6 +14,7 @@ import re
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ import pytest
 
 from gateway.assembly import build_store
 from gateway.passwords import hash_password
+from storage.csam import mark
 from tests.conftest import DATA, make_config, start_gateway
 from tests.desk_harness import PASSWORD, Client, client_as, start_server
 
@@ -28,6 +30,7 @@ CHROMIUM = "/usr/bin/chromium"
 CORPUS = DATA / "hostile_web"
 SCRIPT = "<script>alert(1)</script>"
 IMG = '"><img src=x onerror=alert(1)>'
+COMPARTMENT = "csam_compartment.eml"  # marked CSAM: the csam role reads it behind a stated reason
 BIG_LINE = f"{SCRIPT} {IMG} </style><style>body{{background:url(http://evil.example/big)}}</style>\r\n"
 
 
@@ -69,13 +72,15 @@ def desk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HostileDesk]:
     finally:
         gateway.stop()
     store = build_store(config)
-    store.users.add("analyst", "analyst", hash_password(PASSWORD))
+    for role in ("analyst", "csam"):
+        store.users.add(role, role, hash_password(PASSWORD))
     by_sha = {hashlib.sha256(raw).hexdigest(): name for name, raw in raws.items()}
     cases: dict[str, str] = {}
     for row in store.list_cases(limit=100):
         for message in store.show_case(row["case_id"])["messages"]:
             cases[by_sha[message["sha256"]]] = row["case_id"]
     assert sorted(cases) == sorted(raws), "every hostile message is a case of its own"
+    mark(store.engine, cases[COMPARTMENT], "test", "confirmed in the test", timedelta(days=365))
     base, server, thread = start_server(config, store)
     running = HostileDesk(base, server, thread, store, raws, cases)
     yield running
@@ -157,7 +162,7 @@ def browser() -> Iterator[Any]:
 class Analyst:
     """One signed-in browser context that records every request, response, dialog and console error."""
 
-    def __init__(self, browser: Any, desk: HostileDesk) -> None:
+    def __init__(self, browser: Any, desk: HostileDesk, role: str = "analyst") -> None:
         self.desk = desk
         self.context = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
         self.page = self.context.new_page()
@@ -171,7 +176,7 @@ class Analyst:
         self.page.on("console", self._console)
         self.page.on("popup", lambda popup: self.dialogs.append(f"popup {popup.url}"))
         self.page.goto(desk.base + "/login")
-        self.page.fill("input[name=username]", "analyst")
+        self.page.fill("input[name=username]", role)
         self.page.fill("input[name=password]", PASSWORD)
         self.page.click("button[type=submit]")
         self.page.wait_for_url(desk.base + "/")
@@ -238,8 +243,8 @@ def test_the_queue_shows_every_hostile_subject_as_text(analyst: Analyst, desk: H
     assert SCRIPT in text and IMG in text
     assert "</style><style>body{background:url(hxxp://evil[.]example/x)}</style>" in text
     assert "<U+202E>" in text and "\u202e" not in analyst.page.content()
-    for case_id in desk.cases.values():
-        assert case_id in text
+    for name, case_id in desk.cases.items():
+        assert case_id in text or name == COMPARTMENT
     analyst.assert_nothing_happened()
 
 
@@ -373,7 +378,11 @@ def test_clicking_an_svg_attachment_downloads_it_and_renders_nothing(
 
 def _attachment_urls(desk: HostileDesk, client: Client) -> list[str]:
     urls = []
-    for case_id in desk.cases.values():
+    for name, case_id in desk.cases.items():
+        if name == COMPARTMENT:
+            facts = client.get(f"/cases/{case_id}").text  # an analyst sees a CSAM case's bare facts only
+            assert "compartment case" not in facts and "/raw" not in facts and "/attachments/" not in facts
+            continue
         page = client.get(f"/cases/{case_id}").text
         urls += re.findall(r'href="(/cases/[^"]+/(?:raw|attachments/\d+))"', page)
     return urls
@@ -385,7 +394,7 @@ def test_every_download_is_an_attachment_octet_stream_with_nosniff_and_a_plain_n
     client = client_as(desk.base, "analyst")
     urls = _attachment_urls(desk, client)
     assert len([u for u in urls if "/attachments/" in u]) >= 7
-    assert len([u for u in urls if u.endswith("/raw")]) == len(desk.cases)
+    assert len([u for u in urls if u.endswith("/raw")]) == len(desk.cases) - 1
     for url in urls:
         answer = client.get(url)
         assert answer.status == 200, url
@@ -396,3 +405,33 @@ def test_every_download_is_an_attachment_octet_stream_with_nosniff_and_a_plain_n
         assert headers["x-content-type-options"] == "nosniff"
         assert "default-src 'none'" in headers["content-security-policy"]
         assert headers["cache-control"] == "no-store"
+
+
+def test_a_reason_typed_with_markup_opens_the_compartment_inert_and_travels_to_downloads_as_typed(
+    browser: Any, desk: HostileDesk
+) -> None:
+    """The csam role states a reason before a CSAM case's content: the reason is shown back, and carried
+    in each download form, as text."""
+    session = Analyst(browser, desk, "csam")
+    try:
+        case_id = desk.cases[COMPARTMENT]
+        session.open(f"/cases/{case_id}")
+        assert "compartment case" not in session.page.content()
+        reason = f"{IMG} {SCRIPT} \u202e"
+        session.page.fill("form[action$='/view'] input[name=reason]", reason)
+        with session.page.expect_navigation():
+            session.page.click("form[action$='/view'] button")
+        text = session.page.inner_text("main")
+        assert f"{SCRIPT} compartment case" in text and IMG in text
+        assert session.live_elements() == []
+        carried = session.page.eval_on_selector_all(
+            "form input[name=reason][type=hidden]", "inputs => inputs.map(i => i.value)"
+        )
+        assert carried and all(value == f"{IMG} {SCRIPT} <U+202E>" for value in carried), carried
+        with session.page.expect_download() as started:
+            session.page.click(f"form[action='/cases/{case_id}/messages/1/attachments/1'] button")
+        assert re.fullmatch(r"[A-Za-z0-9._-]+", started.value.suggested_filename)
+        assert session.live_elements() == []
+        session.assert_nothing_happened()
+    finally:
+        session.close()

@@ -107,7 +107,7 @@ def _db_path(url: str) -> str:
 def test_sqlite_locked_store_spools_with_250_and_replays_each_message_once(
     gateway_factory, sqlite_url: str
 ) -> None:
-    gateway = gateway_factory(sqlite_url, store={"commit_budget": 1.5})
+    gateway = gateway_factory(sqlite_url, store={"commit_budget": 0.75})
     raws = [distinct_message("outage", n) for n in range(8)]
     locker = sqlite3.connect(_db_path(sqlite_url), isolation_level=None, timeout=10)
     locker.execute("BEGIN IMMEDIATE")  # the write lock, held: every inbox commit now times out
@@ -121,7 +121,7 @@ def test_sqlite_locked_store_spools_with_250_and_replays_each_message_once(
     finally:
         locker.execute("ROLLBACK")
         locker.close()
-    gateway.wait_idle(timeout=40)  # the replayer (every ~2 s) moves them in, intake processes them
+    gateway.wait_idle(timeout=40)  # the replayer moves them in, intake processes them
     engine = gateway.store.engine
     assert inbox_digests(engine) == Counter({sha(r): 1 for r in raws})
     assert message_digests(engine) == Counter({sha(r): 1 for r in raws})

@@ -9,7 +9,7 @@ actor, each answered by a redirect back to the case (POST/redirect/GET).
 | assign, note | `cases assign`, `cases note` | analyst, csam |
 | merge (`into`), split (`index`) | `cases merge`, `cases split` | analyst, csam |
 | csam (`reason`, `kind`) | `cases csam [--possible] [--clear]` | csam; analyst: possible only |
-| reply (`template` or `body`, `to_participants`) | `cases reply` | support, analyst, csam |
+| reply (`template` or `text`, `to_participants`) | `cases reply` | support, analyst, csam |
 | state (`state`, `notify`) | `cases state` | analyst, csam |
 
 A case the person may not see at all is the one 404, as everywhere.
@@ -121,7 +121,7 @@ def _reply(request: Request, case_id: str) -> Response:
 
     desk = parts(request)
     template = form_value(request, "template", 60).strip() or None
-    body = form_value(request, "body", 70_000)
+    body = form_value(request, "text", 70_000)
     if template is not None and template not in available_templates(desk.config.reply.templates_dir):
         return _refused("There is no such reply template.")
     if template is None and not body.strip():
