@@ -8,6 +8,7 @@ Unix user is the audit trail's actor, as for every other change made from the CL
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -24,7 +25,7 @@ from gateway.cli.common import (
     with_config,
 )
 from storage.search import iso
-from storage.users import ROLES, UserError, valid_name
+from storage.users import ROLES, UserError, Users, valid_name
 
 _NAME_RULE = "1-64 characters of A-Z a-z 0-9 . _ @ -"
 _PASSWORD_FILE = click.option(
@@ -73,6 +74,16 @@ def _refused(ctx: click.Context, exc: UserError) -> None:
     ctx.exit(EX_NOTFOUND if str(exc).startswith("no ") else EX_USAGE)
 
 
+def _change(ctx: click.Context, change: Callable[[Users, str], None], done: str) -> None:
+    """Every command that changes a user: the store's refusal becomes the exit code (not found or usage),
+    the acting Unix user is the audit trail's actor, and `done` is said only once the change holds."""
+    try:
+        change(_store(ctx).users, _unix_user())
+    except UserError as exc:
+        _refused(ctx, exc)
+    _say(done)
+
+
 @users.command("add")
 @with_config
 @click.argument("name")
@@ -95,11 +106,11 @@ def users_add(ctx: click.Context, name: str, role: str, password_file: Path | No
         click.echo("abuse-gateway: --sso-only takes no --password-file", err=True)
         ctx.exit(EX_USAGE)
     password_hash = None if sso_only else _new_password_hash(ctx, password_file)
-    try:
-        store.users.add(name, role, password_hash, actor=_unix_user())
-    except UserError as exc:
-        _refused(ctx, exc)
-    _say(f"user {name} added ({role})")
+    _change(
+        ctx,
+        lambda users, actor: users.add(name, role, password_hash, actor=actor),
+        f"user {name} added ({role})",
+    )
 
 
 @users.command("list")
@@ -143,11 +154,11 @@ def users_passwd(ctx: click.Context, name: str, password_file: Path | None) -> N
         _say(f"abuse-gateway: no user {name!r}", err=True)
         ctx.exit(EX_NOTFOUND)
     password_hash = _new_password_hash(ctx, password_file)
-    try:
-        store.users.set_password(name, password_hash, actor=_unix_user())
-    except UserError as exc:
-        _refused(ctx, exc)
-    _say(f"password of {name} changed; its sessions ended")
+    _change(
+        ctx,
+        lambda users, actor: users.set_password(name, password_hash, actor=actor),
+        f"password of {name} changed; its sessions ended",
+    )
 
 
 @users.command("disable")
@@ -157,11 +168,11 @@ def users_passwd(ctx: click.Context, name: str, password_file: Path | None) -> N
 def users_disable(ctx: click.Context, name: str) -> None:
     """Disable NAME: no login, every session ends (the user stays in the audit trail)."""
     name = _name(ctx, name)
-    try:
-        _store(ctx).users.disable(name, actor=_unix_user())
-    except UserError as exc:
-        _refused(ctx, exc)
-    _say(f"user {name} disabled; its sessions ended")
+    _change(
+        ctx,
+        lambda users, actor: users.disable(name, actor=actor),
+        f"user {name} disabled; its sessions ended",
+    )
 
 
 @users.command("enable")
@@ -171,11 +182,7 @@ def users_disable(ctx: click.Context, name: str) -> None:
 def users_enable(ctx: click.Context, name: str) -> None:
     """Enable NAME again."""
     name = _name(ctx, name)
-    try:
-        _store(ctx).users.enable(name, actor=_unix_user())
-    except UserError as exc:
-        _refused(ctx, exc)
-    _say(f"user {name} enabled")
+    _change(ctx, lambda users, actor: users.enable(name, actor=actor), f"user {name} enabled")
 
 
 @users.command("role")
@@ -186,8 +193,4 @@ def users_enable(ctx: click.Context, name: str) -> None:
 def users_role(ctx: click.Context, name: str, role: str) -> None:
     """Give NAME another role (takes effect on NAME's next request)."""
     name = _name(ctx, name)
-    try:
-        _store(ctx).users.set_role(name, role, actor=_unix_user())
-    except UserError as exc:
-        _refused(ctx, exc)
-    _say(f"user {name} is now {role}")
+    _change(ctx, lambda users, actor: users.set_role(name, role, actor=actor), f"user {name} is now {role}")
