@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from dataclasses import dataclass
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -39,8 +40,19 @@ def download(data: bytes, filename: str) -> Response:
     )
 
 
-def _gate(request: Request) -> tuple[str, Sight, str | None] | Response:
-    """(case ID, sight, reason) when this download may go ahead, else the response to give instead."""
+@dataclass(frozen=True, slots=True)
+class _Cleared:
+    """A download that may go ahead: whose case, seen how and why, and the message's stored bytes."""
+
+    case_id: str
+    seen: Sight
+    reason: str | None
+    index: int
+    data: bytes
+
+
+def _gate(request: Request) -> _Cleared | Response:
+    """The message's bytes when this download may go ahead, else the response to give instead."""
     found = lookup(request)
     if found is None:
         return not_found()
@@ -59,46 +71,49 @@ def _gate(request: Request) -> tuple[str, Sight, str | None] | Response:
                 action=Ours(request.url.path),
                 what="this download",
             )
-    return case_id, seen, reason
+    index = int(request.path_params["index"])
+    data = parts(request).store.raw_message(case_id, index)
+    if data is None:
+        return not_found()
+    return _Cleared(case_id, seen, reason, index, data)
+
+
+def _account(request: Request, cleared: _Cleared, via: str, number: int | None = None) -> None:
+    """Before the bytes go out: a CSAM case's download is recorded as a view with its reason, any other
+    is audited like the CLI's."""
+    store = parts(request).store
+    who = person(request).name
+    if cleared.seen is Sight.REASON:
+        from storage.csam_views import record_view
+
+        record_view(store.engine, who, cleared.case_id, via, cleared.reason, cleared.index, number)
+    else:
+        where = f"{cleared.case_id} {cleared.index}" + ("" if number is None else f" {number}")
+        store.audit(who, via, where)
 
 
 @needs(*READERS)
 def raw(request: Request) -> Response:
-    gated = _gate(request)
-    if isinstance(gated, Response):
-        return gated
-    case_id, seen, reason = gated
-    index = int(request.path_params["index"])
-    store = parts(request).store
-    data = store.raw_message(case_id, index)
-    if data is None:
-        return not_found()
-    who = person(request).name
-    if seen is Sight.REASON:
-        from storage.csam_views import record_view
-
-        record_view(store.engine, who, case_id, "raw", reason, message_index=index)
-    else:
-        store.audit(who, "raw", f"{case_id} {index}")
-    return download(data, safe_name(case_id, str(index)) + ".eml")
+    cleared = _gate(request)
+    if isinstance(cleared, Response):
+        return cleared
+    _account(request, cleared, "raw")
+    return download(cleared.data, safe_name(cleared.case_id, str(cleared.index)) + ".eml")
 
 
 @needs(*READERS)
 def attachment(request: Request) -> Response:
-    gated = _gate(request)
-    if isinstance(gated, Response):
-        return gated
-    case_id, seen, reason = gated
-    index, number = int(request.path_params["index"]), int(request.path_params["number"])
-    store = parts(request).store
-    data = store.raw_message(case_id, index)
-    view = store.show_case(case_id)
-    if data is None or view is None or number < 1:
+    cleared = _gate(request)
+    if isinstance(cleared, Response):
+        return cleared
+    case_id, index, number = cleared.case_id, cleared.index, int(request.path_params["number"])
+    view = parts(request).store.show_case(case_id)
+    if view is None or number < 1:
         return not_found()
     from parsers.payloads import attachment_payloads
 
     listed = next((m["attachments"] for m in view["messages"] if m["index"] == index), [])
-    payloads = attachment_payloads(data)
+    payloads = attachment_payloads(cleared.data)
     if number > len(listed) or number > len(payloads):
         return not_found()
     body = payloads[number - 1]
@@ -110,13 +125,7 @@ def attachment(request: Request) -> Response:
             title="Changed",
             text="This attachment no longer matches its stored sha256: reprocess the case first.",
         )
-    who = person(request).name
-    if seen is Sight.REASON:
-        from storage.csam_views import record_view
-
-        record_view(store.engine, who, case_id, "attachment", reason, index, number)
-    else:
-        store.audit(who, "attachment", f"{case_id} {index} {number}")
+    _account(request, cleared, "attachment", number)
     name = listed[number - 1].get("filename") or "attachment"
     return download(body, safe_name(case_id, str(index), str(number), name))
 
