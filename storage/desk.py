@@ -42,23 +42,10 @@ class Desk:
     ) -> list[dict[str, Any]]:
         return find_cases(self.engine, CaseFilter(status=status, indicator=host_or_value), limit).rows
 
-    def queue(
-        self,
-        status: str | None = None,
-        kind: str | None = None,
-        flag: str | None = None,
-        assignee: str | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
-        before: str | None = None,
-        limit: int = 50,
-        *,
-        unassigned: bool = False,
-    ) -> case_queue.QueuePage:
-        """The web desk's queue, keyset-paginated (storage/queue.py)."""
-        return case_queue.queue(
-            self.engine, status, kind, flag, assignee, since, until, before, limit, unassigned=unassigned
-        )
+    def queue(self, **query: Any) -> case_queue.QueuePage:
+        """The web desk's queue, keyset-paginated: keywords are the fields of `storage.queue.QueueQuery`
+        (an unknown one is a TypeError, as for any call)."""
+        return case_queue.queue(self.engine, case_queue.QueueQuery(**query))
 
     def assign(self, case_id: str, assignee: str | None, actor: str) -> str:
         return casenotes.assign(self.engine, case_id, assignee, actor)

@@ -75,17 +75,25 @@ def decode_cursor(cursor: str) -> tuple[datetime, int]:
         raise QueueError("not a queue cursor") from exc
 
 
-def _where(
-    engine: Engine,
-    status: str | None,
-    kind: str | None,
-    flag: str | None,
-    assignee: str | None,
-    unassigned: bool,
-    since: datetime | None,
-    until: datetime | None,
-    before: str | None,
-) -> list[ColumnElement[bool]]:
+@dataclass(frozen=True, slots=True)
+class QueueQuery:
+    """What one page of the queue asks for: the filters, the cursor (`before`, the `next_cursor` of the
+    page above) and the page size. The one list of the queue's parameters: `Desk.queue` takes them as
+    keywords."""
+
+    status: str | None = None
+    kind: str | None = None
+    flag: str | None = None
+    assignee: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    before: str | None = None
+    limit: int = 50
+    unassigned: bool = False
+
+
+def _where(engine: Engine, query: QueueQuery) -> list[ColumnElement[bool]]:
+    status, kind, flag = query.status, query.kind, query.flag
     if status is not None and status not in CASE_STATUSES:
         raise QueueError(f"status {status!r} is not one of {', '.join(CASE_STATUSES)}")
     if kind is not None and kind not in MESSAGE_KINDS:
@@ -96,16 +104,16 @@ def _where(
     where = _conditions(engine, CaseFilter(status=status, flag=flag))
     if kind is not None:
         where.append(Case.kind == kind)
-    if unassigned:
+    if query.unassigned:
         where.append(Case.assignee.is_(None))
-    elif assignee is not None:
-        where.append(Case.assignee == assignee)
-    if since is not None:
-        where.append(Case.created_at >= _utc(since))
-    if until is not None:
-        where.append(Case.created_at <= _utc(until))
-    if before is not None:
-        at, pk = decode_cursor(before)
+    elif query.assignee is not None:
+        where.append(Case.assignee == query.assignee)
+    if query.since is not None:
+        where.append(Case.created_at >= _utc(query.since))
+    if query.until is not None:
+        where.append(Case.created_at <= _utc(query.until))
+    if query.before is not None:
+        at, pk = decode_cursor(query.before)
         where.append(tuple_(Case.created_at, Case.id) < tuple_(at, pk))
     return where
 
@@ -135,23 +143,11 @@ def _message_facts(session: Session, case_pks: Sequence[int]) -> dict[int, tuple
     return facts
 
 
-def queue(
-    engine: Engine,
-    status: str | None = None,
-    kind: str | None = None,
-    flag: str | None = None,
-    assignee: str | None = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
-    before: str | None = None,
-    limit: int = 50,
-    *,
-    unassigned: bool = False,
-) -> QueuePage:
-    """One page of the queue, newest first; `before` is the `next_cursor` of the page above."""
-    limit = max(1, min(int(limit), MAX_LIMIT))
-    where = _where(engine, status, kind, flag, assignee, unassigned, since, until, before)
-    query = (
+def queue(engine: Engine, query: QueueQuery) -> QueuePage:
+    """One page of the queue, newest first."""
+    limit = max(1, min(int(query.limit), MAX_LIMIT))
+    where = _where(engine, query)
+    rows_query = (
         select(
             Case.id,
             Case.case_id,
@@ -171,7 +167,7 @@ def queue(
         .limit(limit + 1)
     )
     with Session(engine) as session:
-        found = session.execute(query).all()
+        found = session.execute(rows_query).all()
         has_more = len(found) > limit
         found = found[:limit]
         facts = _message_facts(session, [int(r.id) for r in found])
