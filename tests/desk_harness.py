@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import http.cookiejar
 import re
+import shutil
 import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from email.message import Message
@@ -24,6 +26,7 @@ from gateway.web.server import web_server
 from tests.conftest import PG_URL, free_port, load_eml, make_config, reset_postgres, start_gateway
 
 PASSWORD = "correct horse battery"
+CHROMIUM = "/usr/bin/chromium"
 ROLES = ("support", "analyst", "csam", "admin")
 
 HOSTILE = (
@@ -167,3 +170,17 @@ def client_as(base: str, role: str) -> Client:
     answer = client.login(role)
     assert answer.status == 303, answer.text
     return client
+
+
+def launch_chromium() -> Iterator[Any]:
+    """Debian's Chromium driven by Playwright, headless (never `playwright install`), for a module-scoped
+    `browser` fixture to yield from; skips where either is missing."""
+    import pytest
+
+    if shutil.which(CHROMIUM) is None:
+        pytest.skip("Debian's chromium is not installed")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
+        yield chromium
+        chromium.close()

@@ -16,9 +16,8 @@ from typing import Any
 import pytest
 
 from gateway.assembly import build_store
-from tests.desk_harness import PASSWORD, Desk, filled_store, start_server
+from tests.desk_harness import CHROMIUM, PASSWORD, Desk, filled_store, launch_chromium, start_server
 
-CHROMIUM = "/usr/bin/chromium"
 pytestmark = pytest.mark.skipif(shutil.which(CHROMIUM) is None, reason="Debian's chromium is not installed")
 
 
@@ -35,11 +34,7 @@ def desk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Desk]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
-        yield chromium
-        chromium.close()
+    yield from launch_chromium()
 
 
 class Session:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -24,9 +23,8 @@ from gateway.assembly import build_store
 from gateway.passwords import hash_password
 from storage.csam import mark
 from tests.conftest import DATA, make_config, start_gateway
-from tests.desk_harness import PASSWORD, Client, client_as, start_server
+from tests.desk_harness import PASSWORD, Client, client_as, launch_chromium, start_server
 
-CHROMIUM = "/usr/bin/chromium"
 CORPUS = DATA / "hostile_web"
 SCRIPT = "<script>alert(1)</script>"
 IMG = '"><img src=x onerror=alert(1)>'
@@ -150,13 +148,7 @@ _LIVE_JS = """
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    if shutil.which(CHROMIUM) is None:
-        pytest.skip("Debian's chromium is not installed")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
-        yield chromium
-        chromium.close()
+    yield from launch_chromium()
 
 
 class Analyst:
