@@ -36,6 +36,10 @@ UNITS = ROOT / "systemd"
 SERVICE = UNITS / "abuse-gateway.service"
 SOCKET = UNITS / "abuse-gateway.socket"
 SYSUSERS = UNITS / "abuse-gateway.sysusers"
+STATUS_SERVICE = UNITS / "abuse-gateway-status.service"  # the status page (issue 21)
+WEB_SERVICE = UNITS / "abuse-gateway-web.service"  # the desk (issue 20)
+# Every service we ship, each verified with the units it comes with (the socket activates the gateway).
+SERVICES = {"gateway": (SERVICE, SOCKET), "status-page": (STATUS_SERVICE,), "web": (WEB_SERVICE,)}
 PRODUCTION_BINARY = "/opt/abuse-gateway/venv/bin/abuse-gateway"
 MAX_EXPOSURE = 2.0
 TIMEOUT = 60.0  # generous: two shared cores, other suites running
@@ -96,29 +100,36 @@ def _systemd_analyze(*args: str, cwd: Path | None = None) -> subprocess.Complete
     )
 
 
-def _installed_copy(directory: Path, unit_text: str | None = None) -> Path:
-    """The units as installed, but with ExecStart= pointing at this checkout's console script, so verify
-    checks a command that exists instead of failing on /opt/abuse-gateway."""
+def _installed_copy(
+    directory: Path, unit_text: str | None = None, units: Sequence[Path] = (SERVICE, SOCKET)
+) -> Path:
+    """The units as installed, but with the service's ExecStart= pointing at this checkout's console script,
+    so verify checks a command that exists instead of failing on /opt/abuse-gateway. The service is first
+    in `units`, and `unit_text` stands in for its file."""
     binary = Path(sys.executable).with_name("abuse-gateway")
     if not binary.exists():
         pytest.skip("the abuse-gateway console script is not installed next to this interpreter")
-    service = directory / SERVICE.name
-    text = SERVICE.read_text() if unit_text is None else unit_text
+    service, *others = units
+    text = service.read_text() if unit_text is None else unit_text
     assert PRODUCTION_BINARY in text
-    service.write_text(text.replace(PRODUCTION_BINARY, str(binary)))
-    shutil.copy(SOCKET, directory / SOCKET.name)
-    return service
+    installed = directory / service.name
+    installed.write_text(text.replace(PRODUCTION_BINARY, str(binary)))
+    for unit in others:
+        shutil.copy(unit, directory / unit.name)
+    return installed
 
 
 # ---- the unit files --------------------------------------------------------------------------------------
 
 
 @needs_systemd_analyze
-def test_unit_files_pass_systemd_analyze_verify_without_a_single_warning(tmp_path: Path) -> None:
-    service = _installed_copy(tmp_path)
-    result = _systemd_analyze(
-        "verify", "--man=no", "--generators=no", f"./{service.name}", f"./{SOCKET.name}", cwd=tmp_path
-    )
+@pytest.mark.parametrize("units", SERVICES.values(), ids=list(SERVICES))
+def test_unit_files_pass_systemd_analyze_verify_without_a_single_warning(
+    tmp_path: Path, units: tuple[Path, ...]
+) -> None:
+    _installed_copy(tmp_path, units=units)
+    names = [f"./{unit.name}" for unit in units]
+    result = _systemd_analyze("verify", "--man=no", "--generators=no", *names, cwd=tmp_path)
     # verify exits 0 on unknown keys and unparsable values (it only logs "ignoring"): silence is the bar.
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "" and result.stderr.strip() == "", result.stdout + result.stderr
@@ -137,8 +148,9 @@ def test_verify_check_notices_a_mistake_systemd_would_silently_ignore(tmp_path: 
 
 
 @needs_systemd_analyze
-def test_service_exposure_is_at_most_two() -> None:
-    result = _systemd_analyze("security", "--offline=true", "--no-pager", str(SERVICE))
+@pytest.mark.parametrize("service", [units[0] for units in SERVICES.values()], ids=list(SERVICES))
+def test_service_exposure_is_at_most_two(service: Path) -> None:
+    result = _systemd_analyze("security", "--offline=true", "--no-pager", str(service))
     match = re.search(r"Overall exposure level for \S+: (\d+(?:\.\d+)?)", result.stdout)
     assert match, result.stdout + result.stderr
     assert float(match.group(1)) <= MAX_EXPOSURE, result.stdout
@@ -589,31 +601,6 @@ def test_serve_takes_mail_over_starttls_inside_the_units_syscall_filter_and_wx_b
 
 # ---- the status page's unit (issue 21) -------------------------------------------------------------------
 
-STATUS_SERVICE = UNITS / "abuse-gateway-status.service"
-
-
-@needs_systemd_analyze
-def test_status_page_unit_passes_verify_without_a_single_warning(tmp_path: Path) -> None:
-    binary = Path(sys.executable).with_name("abuse-gateway")
-    if not binary.exists():
-        pytest.skip("the abuse-gateway console script is not installed next to this interpreter")
-    text = STATUS_SERVICE.read_text()
-    assert PRODUCTION_BINARY in text
-    (tmp_path / STATUS_SERVICE.name).write_text(text.replace(PRODUCTION_BINARY, str(binary)))
-    result = _systemd_analyze(
-        "verify", "--man=no", "--generators=no", f"./{STATUS_SERVICE.name}", cwd=tmp_path
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "" and result.stderr.strip() == "", result.stdout + result.stderr
-
-
-@needs_systemd_analyze
-def test_status_page_unit_exposure_is_at_most_two() -> None:
-    result = _systemd_analyze("security", "--offline=true", "--no-pager", str(STATUS_SERVICE))
-    match = re.search(r"Overall exposure level for \S+: (\d+(?:\.\d+)?)", result.stdout)
-    assert match, result.stdout + result.stderr
-    assert float(match.group(1)) <= MAX_EXPOSURE, result.stdout
-
 
 def test_status_page_unit_has_no_privilege_and_shares_the_sandbox_of_the_gateway() -> None:
     """It faces the Internet with no capability at all, and keeps every hardening line the gateway has."""
@@ -636,29 +623,6 @@ def test_status_page_unit_has_no_privilege_and_shares_the_sandbox_of_the_gateway
 
 
 # ---- the desk's unit (issue 20) --------------------------------------------------------------------------
-
-WEB_SERVICE = UNITS / "abuse-gateway-web.service"
-
-
-@needs_systemd_analyze
-def test_web_unit_passes_systemd_analyze_verify_without_a_single_warning(tmp_path: Path) -> None:
-    binary = Path(sys.executable).with_name("abuse-gateway")
-    if not binary.exists():
-        pytest.skip("the abuse-gateway console script is not installed next to this interpreter")
-    text = WEB_SERVICE.read_text()
-    assert PRODUCTION_BINARY in text
-    (tmp_path / WEB_SERVICE.name).write_text(text.replace(PRODUCTION_BINARY, str(binary)))
-    result = _systemd_analyze("verify", "--man=no", "--generators=no", f"./{WEB_SERVICE.name}", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "" and result.stderr.strip() == "", result.stdout + result.stderr
-
-
-@needs_systemd_analyze
-def test_web_service_exposure_is_at_most_two() -> None:
-    result = _systemd_analyze("security", "--offline=true", "--no-pager", str(WEB_SERVICE))
-    match = re.search(r"Overall exposure level for \S+: (\d+(?:\.\d+)?)", result.stdout)
-    assert match, result.stdout + result.stderr
-    assert float(match.group(1)) <= MAX_EXPOSURE, result.stdout
 
 
 def test_web_unit_runs_the_desk_with_no_privilege_as_the_service_user() -> None:
