@@ -404,13 +404,22 @@ def _our_keys(tmp_path: Path) -> tuple[dict[str, Any], str, str]:
     return dkim_section, rsa, ed
 
 
-def test_our_confirmation_verifies_with_an_independent_verifier_rsa_and_ed25519_side_by_side(
+def _signed_confirmation(
     gateway_factory: Callable[..., RunningGateway], smtp_sink: Sink, tmp_path: Path
-) -> None:
+) -> tuple[RunningGateway, bytes, str, str]:
+    """A gateway signing with both our keys, and the confirmation it sent for one report: (gateway, the
+    bytes that reached the smarthost, the RSA selector, the Ed25519 selector)."""
     dkim_section, rsa, ed = _our_keys(tmp_path)
     gateway = _auth_gateway(gateway_factory, smtp_sink, dkim=dkim_section)
     gateway.send(_report("spf-pass.net"), mail_from="reporter@spf-pass.net")
     [(_, _, raw)] = smtp_sink.wait_for(1)
+    return gateway, raw, rsa, ed
+
+
+def test_our_confirmation_verifies_with_an_independent_verifier_rsa_and_ed25519_side_by_side(
+    gateway_factory: Callable[..., RunningGateway], smtp_sink: Sink, tmp_path: Path
+) -> None:
+    gateway, raw, rsa, ed = _signed_confirmation(gateway_factory, smtp_sink, tmp_path)
     assert independent_verify(raw, _zone_txt) == ["rsa-sha256", "ed25519-sha256"]
 
     def dnsfunc(name: bytes, timeout: float = 5) -> bytes:
@@ -434,10 +443,7 @@ def test_a_message_added_to_after_signing_no_longer_verifies(
     gateway_factory: Callable[..., RunningGateway], smtp_sink: Sink, tmp_path: Path
 ) -> None:
     """A second From prepended on the way breaks the signature (From is oversigned)."""
-    dkim_section, _, _ = _our_keys(tmp_path)
-    gateway = _auth_gateway(gateway_factory, smtp_sink, dkim=dkim_section)
-    gateway.send(_report("spf-pass.net"), mail_from="reporter@spf-pass.net")
-    [(_, _, raw)] = smtp_sink.wait_for(1)
+    _, raw, _, _ = _signed_confirmation(gateway_factory, smtp_sink, tmp_path)
     head, _, body = raw.partition(b"\r\n\r\n")
     tampered = head + b"\r\nFrom: ceo@example.org\r\n\r\n" + body
     with pytest.raises(Exception):  # noqa: B017 (cryptography's InvalidSignature or nacl's BadSignatureError)
