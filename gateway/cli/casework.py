@@ -14,6 +14,7 @@ from gateway.cli.common import (
     EX_USAGE,
     _case_arg,
     _config,
+    _refused,
     _say,
     _store,
     _unix_user,
@@ -87,8 +88,7 @@ def _case_move(ctx: click.Context, action: Callable[[Any], Any]) -> Any:
     try:
         return action(_casework(ctx))
     except CaseWorkError as exc:
-        click.echo(f"abuse-gateway: {exc}", err=True)
-        ctx.exit(EX_NOTFOUND if str(exc).startswith("no ") else EX_USAGE)
+        _refused(ctx, str(exc))
 
 
 def _reindex(ctx: click.Context, case_id: str) -> None:
@@ -157,8 +157,7 @@ def _desk_work(ctx: click.Context, action: Callable[[Any], str]) -> str:
     try:
         return action(_store(ctx).desk)
     except DeskWorkError as exc:
-        _say(f"abuse-gateway: {exc}", err=True)
-        ctx.exit(EX_NOTFOUND if str(exc).startswith("no ") else EX_USAGE)
+        _refused(ctx, str(exc))
 
 
 @cases.command("assign")

@@ -149,6 +149,13 @@ def _say(line: str, err: bool = False) -> None:
     click.echo("\n".join(terminal_safe(part) for part in line.split("\n")), err=err)
 
 
+def _refused(ctx: click.Context, message: str) -> None:
+    """A store's refusal, in words on stderr and as the exit code: every store error starting with "no "
+    means not found (exit 1), any other refusal is a usage error (exit 2), never a traceback."""
+    _say(f"abuse-gateway: {message}", err=True)
+    ctx.exit(EX_NOTFOUND if message.startswith("no ") else EX_USAGE)
+
+
 _TIME_HELP = "ISO 8601 (no offset = UTC) or a duration back from now (90m, 24h, 7d)"
 
 

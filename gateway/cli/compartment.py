@@ -10,6 +10,7 @@ from gateway.cli.common import (
     EX_USAGE,
     _case_arg,
     _config,
+    _refused,
     _say,
     _store,
     _unix_user,
@@ -82,8 +83,7 @@ def cases_csam(ctx: click.Context, case_id: str, reason: str, clear: bool, possi
             preserve = timedelta(days=_config(ctx).csam.preserve_days)
             result = mark(engine, case_id, _unix_user(), why, preserve, POSSIBLE if possible else CSAM)
     except CsamError as exc:
-        _say(f"abuse-gateway: {exc}", err=True)
-        ctx.exit(EX_NOTFOUND if str(exc).startswith("no ") else EX_USAGE)
+        _refused(ctx, str(exc))
     until = result.preserve_until
     held = f"preserved until {until.isoformat()}" if until else "not preserved"
     where = f" (the messages of {case_id} are in {result.case_id})" if result.case_id != case_id else ""

@@ -17,6 +17,7 @@ from gateway.cli.common import (
     EX_NOTFOUND,
     EX_USAGE,
     _print_json,
+    _refused,
     _say,
     _store,
     _unix_user,
@@ -69,18 +70,13 @@ def _new_password_hash(ctx: click.Context, password_file: Path | None) -> str:
     return hash_password(password)
 
 
-def _refused(ctx: click.Context, exc: UserError) -> None:
-    _say(f"abuse-gateway: {_v(str(exc))}", err=True)
-    ctx.exit(EX_NOTFOUND if str(exc).startswith("no ") else EX_USAGE)
-
-
 def _change(ctx: click.Context, change: Callable[[Users, str], None], done: str) -> None:
     """Every command that changes a user: the store's refusal becomes the exit code (not found or usage),
     the acting Unix user is the audit trail's actor, and `done` is said only once the change holds."""
     try:
         change(_store(ctx).users, _unix_user())
     except UserError as exc:
-        _refused(ctx, exc)
+        _refused(ctx, _v(str(exc)))
     _say(done)
 
 
