@@ -23,6 +23,14 @@ from gateway.cli.common import (
 )
 
 
+def _case_answer(ctx: click.Context, case_id: str, found: bool, done: str) -> None:
+    """A status or hold change: `done` once it holds, else the one "no case" answer (exit 1)."""
+    if not found:
+        _say(f"abuse-gateway: no case {case_id}", err=True)
+        ctx.exit(EX_NOTFOUND)
+    _say(done)
+
+
 @cases.command("close")
 @with_config
 @click.argument("case_id")
@@ -30,10 +38,12 @@ from gateway.cli.common import (
 def cases_close(ctx: click.Context, case_id: str) -> None:
     """Close a case (a later message reopens it)."""
     case_id = _case_arg(ctx, case_id)
-    if not _store(ctx).set_status(case_id, "closed", f"by {_unix_user()}"):
-        _say(f"abuse-gateway: no case {case_id}", err=True)
-        ctx.exit(EX_NOTFOUND)
-    _say(f"{case_id.upper()} closed")
+    _case_answer(
+        ctx,
+        case_id,
+        _store(ctx).set_status(case_id, "closed", f"by {_unix_user()}"),
+        f"{case_id.upper()} closed",
+    )
 
 
 @cases.command("reopen")
@@ -43,10 +53,9 @@ def cases_close(ctx: click.Context, case_id: str) -> None:
 def cases_reopen(ctx: click.Context, case_id: str) -> None:
     """Reopen a closed case."""
     case_id = _case_arg(ctx, case_id)
-    if not _store(ctx).set_status(case_id, "open", f"by {_unix_user()}"):
-        _say(f"abuse-gateway: no case {case_id}", err=True)
-        ctx.exit(EX_NOTFOUND)
-    _say(f"{case_id.upper()} open")
+    _case_answer(
+        ctx, case_id, _store(ctx).set_status(case_id, "open", f"by {_unix_user()}"), f"{case_id.upper()} open"
+    )
 
 
 @cases.command("hold")
@@ -56,10 +65,9 @@ def cases_reopen(ctx: click.Context, case_id: str) -> None:
 def cases_hold(ctx: click.Context, case_id: str) -> None:
     """Put a case on legal hold: `purge` never removes it."""
     case_id = _case_arg(ctx, case_id)
-    if not _store(ctx).set_hold(case_id, True, _unix_user()):
-        _say(f"abuse-gateway: no case {case_id}", err=True)
-        ctx.exit(EX_NOTFOUND)
-    _say(f"{case_id.upper()} on hold")
+    _case_answer(
+        ctx, case_id, _store(ctx).set_hold(case_id, True, _unix_user()), f"{case_id.upper()} on hold"
+    )
 
 
 @cases.command("release")
@@ -69,10 +77,9 @@ def cases_hold(ctx: click.Context, case_id: str) -> None:
 def cases_release(ctx: click.Context, case_id: str) -> None:
     """Release a case from hold."""
     case_id = _case_arg(ctx, case_id)
-    if not _store(ctx).set_hold(case_id, False, _unix_user()):
-        _say(f"abuse-gateway: no case {case_id}", err=True)
-        ctx.exit(EX_NOTFOUND)
-    _say(f"{case_id.upper()} released")
+    _case_answer(
+        ctx, case_id, _store(ctx).set_hold(case_id, False, _unix_user()), f"{case_id.upper()} released"
+    )
 
 
 def _casework(ctx: click.Context) -> Any:
