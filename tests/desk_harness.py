@@ -184,3 +184,13 @@ def launch_chromium() -> Iterator[Any]:
         chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
         yield chromium
         chromium.close()
+
+
+def sign_in_page(page: Any, base: str, role: str) -> None:
+    """Log a Playwright page in through the desk's own form, as a person would (user `role`, PASSWORD),
+    and wait for the landing page."""
+    page.goto(base + "/login")
+    page.fill("input[name=username]", role)
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_url(base + "/")

@@ -16,7 +16,14 @@ from typing import Any
 import pytest
 
 from gateway.assembly import build_store
-from tests.desk_harness import CHROMIUM, PASSWORD, Desk, filled_store, launch_chromium, start_server
+from tests.desk_harness import (
+    CHROMIUM,
+    Desk,
+    filled_store,
+    launch_chromium,
+    sign_in_page,
+    start_server,
+)
 
 pytestmark = pytest.mark.skipif(shutil.which(CHROMIUM) is None, reason="Debian's chromium is not installed")
 
@@ -48,11 +55,7 @@ class Session:
         self.dialogs: list[str] = []
         self.page.on("request", lambda request: self.requests.append(request.url))
         self.page.on("dialog", lambda dialog: (self.dialogs.append(dialog.message), dialog.dismiss()))
-        self.page.goto(desk.base + "/login")
-        self.page.fill("input[name=username]", role)
-        self.page.fill("input[name=password]", PASSWORD)
-        self.page.click("button[type=submit]")
-        self.page.wait_for_url(desk.base + "/")
+        sign_in_page(self.page, desk.base, role)
 
     def goto(self, path: str) -> Any:
         return self.page.goto(self.desk.base + path)

@@ -23,7 +23,7 @@ from gateway.assembly import build_store
 from gateway.passwords import hash_password
 from storage.csam import mark
 from tests.conftest import DATA, make_config, start_gateway
-from tests.desk_harness import PASSWORD, Client, client_as, launch_chromium, start_server
+from tests.desk_harness import PASSWORD, Client, client_as, launch_chromium, sign_in_page, start_server
 
 CORPUS = DATA / "hostile_web"
 SCRIPT = "<script>alert(1)</script>"
@@ -167,11 +167,7 @@ class Analyst:
         self.page.on("dialog", lambda dialog: (self.dialogs.append(dialog.message), dialog.dismiss()))
         self.page.on("console", self._console)
         self.page.on("popup", lambda popup: self.dialogs.append(f"popup {popup.url}"))
-        self.page.goto(desk.base + "/login")
-        self.page.fill("input[name=username]", role)
-        self.page.fill("input[name=password]", PASSWORD)
-        self.page.click("button[type=submit]")
-        self.page.wait_for_url(desk.base + "/")
+        sign_in_page(self.page, desk.base, role)
 
     def _console(self, message: Any) -> None:
         if message.type in ("error", "warning"):
