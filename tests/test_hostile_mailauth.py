@@ -1,0 +1,86 @@
+"""Attacks on the intake's mail authentication (issue 22), each over the suite's real DNS server on 127.0.0.1
+(tests/dns_server.py): a sender controls its own zone, so every record below is one an attacker can
+publish. What must hold: a hostile record costs bounded work, and nothing but the envelope sender's own
+domain (or its organization, by the whole Public Suffix List) can vouch for a confirmation.
+"""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from pathlib import Path
+
+from gateway.mailauth import Checker
+from gateway.signing import Signer, SigningKey, generate_key
+from tests.conftest import TEST_DNS, make_config
+
+ZONE = TEST_DNS.resolver
+
+
+def _report(sender_domain: str) -> bytes:
+    return (
+        f"From: Reporter <reporter@{sender_domain}>\r\nTo: abuse@example.org\r\n"
+        f"Subject: Phishing\r\nMessage-ID: <{uuid.uuid4().hex}@{sender_domain}>\r\n"
+        "Date: Wed, 02 Dec 2026 05:00:00 +0000\r\n\r\nSee hxxp://phish.example/login\r\n"
+    ).encode()
+
+
+def _key(domain: str) -> SigningKey:
+    selector = f"s{uuid.uuid4().hex[:10]}"
+    private, record = generate_key("rsa")
+    ZONE.publish_txt(f"{selector}._domainkey.{domain}", record)
+    return SigningKey("rsa-sha256", selector, domain, private)
+
+
+def _der_length(n: int) -> bytes:
+    if n < 0x80:
+        return bytes([n])
+    body = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes([0x80 | len(body)]) + body
+
+
+def _der_integer(value: int) -> bytes:
+    body = value.to_bytes(value.bit_length() // 8 + 1, "big")
+    return b"\x02" + _der_length(len(body)) + body
+
+
+def _rsa_public_key(modulus: int, exponent: int) -> bytes:
+    """A bare RSAPublicKey (RFC 8017 A.1.1), which dkimpy accepts in `p=` as well as SubjectPublicKeyInfo."""
+    body = _der_integer(modulus) + _der_integer(exponent)
+    return b"\x30" + _der_length(len(body)) + body
+
+
+def _publish_rsa(name: str, modulus: int, exponent: int) -> None:
+    ZONE.unpublish(name)
+    der = _rsa_public_key(modulus, exponent)
+    ZONE.publish_txt(name, "v=DKIM1; k=rsa; p=" + base64.b64encode(der).decode())
+
+
+def test_a_dkim_key_with_a_huge_public_exponent_is_refused_unverified(tmp_path: Path) -> None:
+    """RSA verification is pow(signature, e, n): with e and n of 12288 bits one signature costs seconds of
+    pure-Python CPU that holds the GIL, past any DNS deadline, and a message may carry several. A sender
+    publishes such a key for its own selector; the check must refuse it (permerror), not compute it."""
+    key = _key("huge-key.net")
+    signed = Signer([key]).sign(_report("huge-key.net"))
+    bits = 12288
+    modulus = (1 << (bits - 1)) | 0xF1  # odd, full length; nobody can sign for it, nobody needs to
+    exponent = (1 << (bits - 2)) | 1
+    name = f"{key.selector}._domainkey.huge-key.net"
+    _publish_rsa(name, modulus, exponent)
+    result = Checker(make_config(tmp_path, "sqlite://")).check(
+        signed, "reporter@huge-key.net", "127.0.0.1", "mail.huge-key.net", "huge-key.net"
+    )
+    assert result.dkim == "permerror"
+    assert f"dkim=permerror header.d=huge-key.net header.s={key.selector}" in result.summary
+
+
+def test_a_dkim_key_with_an_oversized_modulus_is_refused(tmp_path: Path) -> None:
+    key = _key("huge-key.net")
+    signed = Signer([key]).sign(_report("huge-key.net"))
+    modulus = (1 << 16383) | 0xF1
+    name = f"{key.selector}._domainkey.huge-key.net"
+    _publish_rsa(name, modulus, 65537)
+    result = Checker(make_config(tmp_path, "sqlite://")).check(
+        signed, "reporter@huge-key.net", "127.0.0.1", "mail.huge-key.net", "huge-key.net"
+    )
+    assert result.dkim == "permerror"
