@@ -18,6 +18,7 @@ is it used as the result, recorded as taken from that MTA.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import logging
 import math
@@ -44,6 +45,10 @@ from parsers.mailauth import (
 from storage.records import Authentication, ClaimedEntry, PreparedMessage
 
 log = logging.getLogger("abuse_gateway.mailauth")
+
+
+class KeyTooCostly(Exception):
+    """A DKIM key whose verification would cost far more than any real key's: refused, not computed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,8 +158,12 @@ class Checker:
             domain = selector = ""
             verifier.domain = verifier.selector = None
             try:
-                ok = verifier.verify(idx=index, dnsfunc=lookups.dkim_txt)
+                ok = verifier.verify(
+                    idx=index, dnsfunc=lambda name, timeout=5: _bounded_key(lookups.dkim_txt(name))
+                )
                 result = "pass" if ok else "temperror" if len(lookups.temporary) > before else "fail"
+            except KeyTooCostly:
+                result = "permerror"
             except dkim.ValidationError:  # the body hash or the signature does not match
                 result = "fail"
             except dkim.DKIMException:  # a signature or key we cannot read
@@ -240,6 +249,34 @@ class Checker:
             dmarc="temperror",
             sender="temperror",
         )
+
+
+# RSA verification is pow(signature, e, n) in dkimpy's pure Python, holding the GIL for as long as it takes:
+# the sender publishes e and n, so a 12288-bit exponent costs seconds per signature, past any deadline.
+# RFC 8301 §3.2 asks verifiers for 1024 to 4096 bits; real exponents are 65537 (or 3).
+_MAX_KEY_BITS = 8192
+_MAX_EXPONENT_BITS = 64
+
+
+def _bounded_key(record: bytes | None) -> bytes | None:
+    """The key record as published; `KeyTooCostly` (permerror) when its RSA key costs more than a real one."""
+    if record is None:
+        return None
+    try:
+        import dkim.crypto
+        import dkim.util
+
+        tags = dkim.util.parse_tag_value(record)
+        if tags.get(b"k", b"rsa").strip().lower() != b"rsa" or not tags.get(b"p"):
+            return record  # ed25519 costs one fixed-size verification; an empty p= is revoked already
+        key = dkim.crypto.parse_public_key(base64.b64decode(b"".join(tags[b"p"].split())))
+    except Exception:
+        return record  # a key dkimpy cannot read: it judges that itself, before any arithmetic
+    if key["modulus"].bit_length() > _MAX_KEY_BITS or key["publicExponent"].bit_length() > _MAX_EXPONENT_BITS:
+        raise KeyTooCostly(
+            f"rsa key of {key['modulus'].bit_length()} bits, exponent {key['publicExponent'].bit_length()}"
+        )
+    return record
 
 
 def _overall_dkim(entries: Sequence[ResultEntry]) -> str:
