@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import base64
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from gateway.mailauth import Checker
 from gateway.signing import Signer, SigningKey, generate_key
-from tests.conftest import TEST_DNS, make_config
+from tests.conftest import TEST_DNS, RunningGateway, Sink, make_config
 
 ZONE = TEST_DNS.resolver
 
@@ -84,3 +85,21 @@ def test_a_dkim_key_with_an_oversized_modulus_is_refused(tmp_path: Path) -> None
         signed, "reporter@huge-key.net", "127.0.0.1", "mail.huge-key.net", "huge-key.net"
     )
     assert result.dkim == "permerror"
+
+
+def test_a_signature_of_a_sibling_under_a_private_public_suffix_does_not_vouch(
+    gateway_factory: Callable[..., RunningGateway], smtp_sink: Sink
+) -> None:
+    """eu.org hands out delegated subdomains (their owners run their own DNS): it is on the Public Suffix
+    List's private section. attacker.eu.org signing a report that claims victim.eu.org as envelope sender
+    is a stranger vouching, not relaxed alignment, so the victim gets no confirmation (backscatter)."""
+    key = _key("attacker.eu.org")
+    signed = Signer([key]).sign(_report("victim.eu.org"))
+    gateway = gateway_factory(confirm={"smarthost": smtp_sink.address, "require_authenticated": True})
+    assert gateway.send(signed, mail_from="reporter@victim.eu.org")[0] == 250
+    rows = gateway.wait_outbox(lambda rows: len(rows) == 1 and rows[0]["state"] not in ("queued", "sending"))
+    assert (rows[0]["state"], rows[0]["suppressed_reason"]) == ("suppressed", "unauthenticated")
+    assert smtp_sink.handler.received == []
+    summary = gateway.store.show_case(rows[0]["case_id"])["messages"][0]["authentication"]
+    assert "dkim=pass header.d=attacker.eu.org" in summary
+    assert "dmarc=pass" not in summary
