@@ -103,3 +103,18 @@ def test_a_signature_of_a_sibling_under_a_private_public_suffix_does_not_vouch(
     summary = gateway.store.show_case(rows[0]["case_id"])["messages"][0]["authentication"]
     assert "dkim=pass header.d=attacker.eu.org" in summary
     assert "dmarc=pass" not in summary
+
+
+def test_spf_pass_by_a_plus_all_record_does_not_vouch(
+    gateway_factory: Callable[..., RunningGateway], smtp_sink: Sink
+) -> None:
+    """`v=spf1 +all` passes every client on the Internet, so it says nothing about who sent the message:
+    anyone can claim such a domain's addresses and make us mail them."""
+    ZONE.publish_txt("plus-all.net", "v=spf1 +all")
+    gateway = gateway_factory(confirm={"smarthost": smtp_sink.address, "require_authenticated": True})
+    gateway.send(_report("plus-all.net"), mail_from="victim@plus-all.net")
+    rows = gateway.wait_outbox(lambda rows: len(rows) == 1 and rows[0]["state"] not in ("queued", "sending"))
+    assert (rows[0]["state"], rows[0]["suppressed_reason"]) == ("suppressed", "unauthenticated")
+    assert smtp_sink.handler.received == []
+    summary = gateway.store.show_case(rows[0]["case_id"])["messages"][0]["authentication"]
+    assert "spf=pass smtp.mailfrom=plus-all.net" in summary  # SPF's own answer is recorded as it is
