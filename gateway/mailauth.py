@@ -131,6 +131,7 @@ class Checker:
         identity = ("smtp.mailfrom", sender) if sender else ("smtp.helo", helo or "")
         if not ip or not (sender or helo):
             return ResultEntry("spf", "none", (identity,))  # imported without SMTP: no client to check
+        query = None
         try:
             query = spf.query(i=ip, s=sender, h=helo or "unknown", querytime=max(lookups.remaining(), 0.1))
             result = with_spf_lookups(lookups, query.check)[0]
@@ -140,7 +141,10 @@ class Checker:
         if result not in ("pass", "fail", "softfail", "neutral", "none", "temperror", "permerror"):
             result = "permerror"
         domain = address_domain(sender) if sender else helo
-        return ResultEntry("spf", result, ((identity[0], domain or ""),))
+        props = ((identity[0], domain or ""),)
+        if result == "pass" and _passes_anyone(getattr(query, "mechanism", None)):
+            props += (("policy.spf", "all"),)  # SPF's answer as it is; it vouches for nobody (below)
+        return ResultEntry("spf", result, props)
 
     def _dkim(self, raw: bytes, lookups: Lookups) -> tuple[ResultEntry, ...]:
         import dkim
@@ -279,6 +283,20 @@ def _bounded_key(record: bytes | None) -> bytes | None:
     return record
 
 
+def _passes_anyone(mechanism: object) -> bool:
+    """The SPF mechanism that matched lets every client on the Internet pass (`+all`, `ip4:0.0.0.0/0`):
+    anyone may claim the domain's addresses, so its pass is no evidence of the sender."""
+    if not isinstance(mechanism, str):
+        return False
+    text = mechanism.lstrip("+").lower()
+    if text == "all":
+        return True
+    kind, _, rest = text.partition(":")
+    prefix = rest.rpartition("/")[2] if "/" in rest else ""
+    limit = {"ip4": 8, "ip6": 16}.get(kind)
+    return limit is not None and prefix.isdigit() and int(prefix) < limit
+
+
 def _overall_dkim(entries: Sequence[ResultEntry]) -> str:
     results = {e.result for e in entries}
     for result in ("pass", "temperror", "fail", "permerror", "neutral", "policy"):
@@ -288,12 +306,16 @@ def _overall_dkim(entries: Sequence[ResultEntry]) -> str:
 
 
 def _sender_verdict(found: _Found, mail_from: str | None) -> str:
-    """pass when SPF passes for the envelope sender, or a passing DKIM signature is aligned (relaxed) with
-    its domain; temperror when DNS could not say; fail otherwise."""
+    """pass when SPF passes for the envelope sender (not by a record that passes anyone), or a passing
+    DKIM signature is aligned (relaxed) with its domain; temperror when DNS could not say; fail otherwise."""
     sender_domain = address_domain(mail_from)
     if sender_domain is None:
         return "fail"
-    if found.spf.result == "pass" and found.spf.prop("smtp.mailfrom") is not None:
+    if (
+        found.spf.result == "pass"
+        and found.spf.prop("smtp.mailfrom") is not None
+        and not found.spf.prop("policy.spf")
+    ):
         if aligned(found.spf.prop("smtp.mailfrom"), sender_domain, "r"):
             return "pass"
     if any(e.result == "pass" and aligned(e.prop("header.d"), sender_domain, "r") for e in found.dkim):
