@@ -127,3 +127,26 @@ def test_spf_pass_by_a_record_that_passes_anyone_does_not_vouch(
     assert smtp_sink.handler.received == []
     summary = gateway.store.show_case(rows[0]["case_id"])["messages"][0]["authentication"]
     assert f"spf=pass smtp.mailfrom={domain}" in summary  # SPF's own answer is recorded as it is
+
+
+@pytest.mark.parametrize(
+    "authors",
+    [
+        b"From: Reporter <reporter@spf-pass.net>, Bank <security@forged.net>\r\n",
+        b"From: Reporter <reporter@spf-pass.net>\r\nFrom: Bank <security@forged.net>\r\n",
+    ],
+    ids=["two-addresses", "two-headers"],
+)
+def test_a_message_from_several_authors_never_passes_dmarc(
+    gateway_factory: Callable[..., RunningGateway], smtp_sink: Sink, authors: bytes
+) -> None:
+    """RFC 7489 §6.6.1: DMARC judges one author domain. Judging only the first would show the desk
+    `dmarc=pass` on mail that also claims to be from forged.net (whose policy is reject)."""
+    raw = _report("spf-pass.net").replace(b"From: Reporter <reporter@spf-pass.net>\r\n", authors)
+    gateway = gateway_factory(confirm={"smarthost": smtp_sink.address, "require_authenticated": True})
+    assert gateway.send(raw, mail_from="reporter@spf-pass.net")[0] == 250
+    rows = gateway.wait_outbox(lambda rows: len(rows) == 1 and rows[0]["state"] not in ("queued", "sending"))
+    summary = gateway.store.show_case(rows[0]["case_id"])["messages"][0]["authentication"]
+    assert "spf=pass smtp.mailfrom=spf-pass.net" in summary  # stored, checked, the envelope is fine
+    assert "dmarc=pass" not in summary
+    assert "dmarc=permerror" in summary
