@@ -186,9 +186,17 @@ class Checker:
     # ---- stage two: DMARC and the sender verdict ----------------------------------------------------------
 
     def finish(
-        self, found: _Found, mail_from: str | None, from_domain: str | None, lookups: Lookups
+        self,
+        found: _Found,
+        mail_from: str | None,
+        from_domain: str | None,
+        lookups: Lookups,
+        several_authors: bool = False,
     ) -> Authentication:
-        dmarc = found.dmarc or self._dmarc(found, from_domain, lookups)
+        if several_authors:  # RFC 7489 §6.6.1: one author domain or no verdict (never the first one's)
+            dmarc = ResultEntry("dmarc", "permerror", (("header.from", "several"),))
+        else:
+            dmarc = found.dmarc or self._dmarc(found, from_domain, lookups)
         entries = (found.spf, *(found.dkim or (ResultEntry("dkim", "none"),)), dmarc)
         note = f"from {found.source.partition(':')[2]}" if found.source != "checked" else None
         return Authentication(
@@ -364,7 +372,8 @@ class Authenticator:
                 from_domain = None
             else:
                 from_domain = address_domain(item.parsed.from_addr)
-            result = self.checker.finish(found, item.entry.mail_from, from_domain, lookups)
+            several = len(author_domains(item.entry.raw)) > 1
+            result = self.checker.finish(found, item.entry.mail_from, from_domain, lookups, several)
         except FutureTimeout:
             result = self.checker.unavailable("time budget spent")
         except Exception as exc:
@@ -401,6 +410,22 @@ class Authenticator:
             pending = self._pending.pop(inbox_id, None)
             if pending is not None:
                 pending[0].cancel()
+
+
+def author_domains(raw: bytes) -> set[str]:
+    """The domains of every address in every From: header (RFC 5322 allows one header; senders write
+    more), read by dkimpy's header splitter as DKIM reads them."""
+    import email.utils
+
+    import dkim
+
+    try:
+        headers = dkim.rfc822_parse(raw)[0]
+    except Exception:
+        return set()
+    values = [value.decode("utf-8", "replace") for name, value in headers if name.lower() == b"from"]
+    found = {address_domain(address) for _name, address in email.utils.getaddresses(values)}
+    return {domain for domain in found if domain}
 
 
 def authentication_results(raw: bytes) -> tuple[str, ...]:
