@@ -6,11 +6,13 @@ X-Forwarded-For itself.
 
 from __future__ import annotations
 
+import email
 import http.client
 import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
+from email import policy
 
 import pytest
 import uvicorn
@@ -18,8 +20,9 @@ import uvicorn
 from gateway.assembly import build_status_app
 from gateway.config import Config
 from gateway.http_security import SECURITY_HEADERS
+from gateway.reporter_desk import queue_reply
 from tests.conftest import RunningGateway, Sink, free_port
-from tests.test_status_page import _case_with_link
+from tests.test_status_page import REPORT, _case_with_link
 
 
 class Served:
@@ -164,3 +167,80 @@ def test_a_link_to_a_purged_case_gets_the_generic_page(
         generic[2],
         generic[1].get("content-type"),
     )
+
+
+# ---- outbound mail: no byte of a report or of a typed subject may become a header ----------------------
+
+_OUR_HEADERS = {
+    "from",
+    "to",
+    "subject",
+    "date",
+    "message-id",
+    "in-reply-to",
+    "references",
+    "reply-to",
+    "auto-submitted",
+    "x-auto-response-suppress",
+    "mime-version",
+    "content-type",
+    "content-transfer-encoding",
+    "dkim-signature",
+}
+
+
+def _header_names(raw: bytes) -> set[str]:
+    head = raw.split(b"\r\n\r\n", 1)[0].decode("ascii")
+    assert all(len(line) <= 998 for line in head.split("\r\n"))
+    return {line.split(":", 1)[0].lower() for line in head.split("\r\n") if line and line[0] not in " \t"}
+
+
+@pytest.mark.parametrize(
+    "language",
+    [
+        "de,\r\n Bcc: victim@evil.example",
+        "x-" + "a" * 10_000,
+        "../../../../etc/passwd",
+        "de-\u00e4\u00f6; Bcc: victim@evil.example",
+    ],
+    ids=["folded-bcc", "10k", "path", "non-ascii"],
+)
+def test_a_hostile_content_language_never_reaches_the_confirmation(
+    gateway_factory: Callable[..., RunningGateway], sqlite_url: str, smtp_sink: Sink, language: str
+) -> None:
+    head, _, body = REPORT.partition(b"\r\n\r\n")
+    raw = head + b"\r\nContent-Language: " + language.encode() + b"\r\n\r\n" + body
+    gateway = gateway_factory(
+        sqlite_url, confirm={"smarthost": smtp_sink.address, "require_authenticated": False}
+    )
+    assert gateway.send(raw)[0] == 250
+    [(_, rcpts, sent)] = smtp_sink.wait_for(1)
+    assert rcpts == ["reporter@example.net"]
+    names = _header_names(sent)
+    assert names <= _OUR_HEADERS | {"x-abuse-gateway-loop"}, names
+    assert b"evil" not in sent and b"passwd" not in sent and b"aaaaaaaaaa" not in sent
+
+
+def test_a_desk_subject_with_line_breaks_and_non_ascii_stays_one_encoded_subject(
+    gateway_factory: Callable[..., RunningGateway], sqlite_url: str, smtp_sink: Sink
+) -> None:
+    gateway = gateway_factory(
+        sqlite_url, confirm={"smarthost": smtp_sink.address, "require_authenticated": False}
+    )
+    gateway.send(REPORT)
+    smtp_sink.wait_for(1)
+    case_id = gateway.store.list_cases()[0]["case_id"]
+    subject = (
+        "Subject: Ihr Bericht \u00fcber\rBcc: victim@evil.example\u2028X-Evil: 1\u0085Cc: b@evil.example\x0b"
+        + "\u00e9" * 3000
+    )
+    queue_reply(gateway.service.config, gateway.store, case_id, actor="desk", text=subject + "\n\nHallo\n")
+    _, rcpts, sent = smtp_sink.wait_for(2)[1]
+    assert rcpts == ["reporter@example.net"]
+    names = _header_names(sent)
+    assert names <= _OUR_HEADERS | {"x-abuse-gateway-loop"}, names
+    parsed = email.message_from_bytes(sent, policy=policy.default)
+    assert parsed["Subject"].startswith(f"[{case_id}] Ihr Bericht \u00fcber Bcc: victim@evil.example X-Evil")
+    assert "\n" not in parsed["Subject"] and "\r" not in parsed["Subject"]
+    assert len(parsed["Subject"]) <= 220
+    assert sent.isascii()
