@@ -150,3 +150,64 @@ def test_a_message_from_several_authors_never_passes_dmarc(
     assert "spf=pass smtp.mailfrom=spf-pass.net" in summary  # stored, checked, the envelope is fine
     assert "dmarc=pass" not in summary
     assert "dmarc=permerror" in summary
+
+
+def test_a_dkim_key_whose_nameserver_hangs_defers_the_confirmation_and_the_message_is_stored(
+    gateway_factory: Callable[..., RunningGateway], smtp_sink: Sink
+) -> None:
+    """The sender's nameserver never answers: the check ends at its budget as temperror (DNS could not
+    say), the message is stored and threaded as always, and the confirmation waits for a re-check rather
+    than being dropped or sent."""
+    key = _key("hang-dkim.net")
+    name = f"{key.selector}._domainkey.hang-dkim.net"
+    ZONE.hang.add(name)
+    ZONE.publish_txt("hang-dkim.net", "v=spf1 ip4:192.0.2.99 -all")  # SPF fails from 127.0.0.1
+    try:
+        gateway = gateway_factory(
+            confirm={"smarthost": smtp_sink.address, "require_authenticated": True},
+            auth={"time_budget": 2.0},
+        )
+        assert (
+            gateway.send(Signer([key]).sign(_report("hang-dkim.net")), mail_from="r@hang-dkim.net")[0] == 250
+        )
+        rows = gateway.wait_outbox(lambda rows: len(rows) == 1 and rows[0]["state"] not in ("sending",))
+        assert rows[0]["state"] in ("queued", "deferred") and rows[0]["suppressed_reason"] is None, rows[0]
+        [case] = gateway.store.list_cases()
+        summary = gateway.store.show_case(case["case_id"])["messages"][0]["authentication"]
+        assert "dkim=temperror" in summary
+        assert smtp_sink.handler.received == []
+    finally:
+        ZONE.hang.discard(name)
+        ZONE.release.set()  # wakes the handler threads still waiting; later hangs wait again
+        ZONE.release.clear()
+
+
+def test_hundreds_of_dkim_signatures_cost_a_bounded_number_of_queries(tmp_path: Path) -> None:
+    key = _key("many-sigs.net")
+    signed = Signer([key]).sign(_report("many-sigs.net"))
+    assert signed.lower().startswith(b"dkim-signature:")
+    hostile = b"".join(
+        f"DKIM-Signature: v=1; a=rsa-sha256; d=x{i}.many-sigs.net; s=s; h=from; bh=; b=; l=99999999999; "
+        f"x=99999999999999999999; h={'from:' * 500}from\r\n".encode()
+        for i in range(300)
+    )
+    result = Checker(make_config(tmp_path, "sqlite://")).check(
+        hostile + signed, "r@many-sigs.net", "127.0.0.1", "mail.many-sigs.net", "many-sigs.net"
+    )
+    assert result.queries <= 40
+    assert result.dkim in ("permerror", "fail", "pass")
+    assert result.summary.count("dkim=") <= 20
+
+
+def test_spf_include_loops_and_lookup_floods_are_permerror_not_a_pass(tmp_path: Path) -> None:
+    ZONE.publish_txt("loop-a.net", "v=spf1 include:loop-b.net -all")
+    ZONE.publish_txt("loop-b.net", "v=spf1 include:loop-a.net -all")
+    ZONE.publish_txt("flood.net", "v=spf1 " + " ".join(f"a:h{i}.flood.net" for i in range(15)) + " +all")
+    ZONE.publish_txt(
+        "void.net", "v=spf1 " + " ".join(f"a:nx{i}.void.net" for i in range(5)) + " ip4:127.0.0.1 -all"
+    )
+    checker = Checker(make_config(tmp_path, "sqlite://"))
+    for domain in ("loop-a.net", "flood.net", "void.net"):
+        result = checker.check(_report(domain), f"r@{domain}", "127.0.0.1", f"mail.{domain}", domain)
+        assert result.spf in ("permerror", "temperror"), (domain, result.summary)
+        assert result.sender != "pass" and result.queries <= 40
