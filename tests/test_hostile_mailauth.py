@@ -211,3 +211,30 @@ def test_spf_include_loops_and_lookup_floods_are_permerror_not_a_pass(tmp_path: 
         result = checker.check(_report(domain), f"r@{domain}", "127.0.0.1", f"mail.{domain}", domain)
         assert result.spf in ("permerror", "temperror"), (domain, result.summary)
         assert result.sender != "pass" and result.queries <= 40
+
+
+@pytest.mark.parametrize(
+    "forged",
+    [
+        # Our own id in other cases and spacing, or with a comment in front: still ours, never trusted.
+        b"Authentication-Results: MX.Test.Example; spf=pass smtp.mailfrom=forged.net\r\n",
+        b"Authentication-Results:   (ok) mx.test.example ; spf=pass smtp.mailfrom=forged.net\r\n",
+        # The trusted upstream's real header comes first (it prepends); a second one claiming its id is
+        # the sender's text below it.
+        b"Authentication-Results: mx.upstream.example; spf=fail smtp.mailfrom=forged.net\r\n"
+        b"Authentication-Results: mx.upstream.example; spf=pass smtp.mailfrom=forged.net; dmarc=pass\r\n",
+    ],
+    ids=["case", "comment", "second-header"],
+)
+def test_forged_authentication_results_never_vouch(
+    gateway_factory: Callable[..., RunningGateway], smtp_sink: Sink, forged: bytes
+) -> None:
+    gateway = gateway_factory(
+        confirm={"smarthost": smtp_sink.address, "require_authenticated": True},
+        auth={"trusted_authserv_ids": ["MX.UPSTREAM.EXAMPLE", "mx.test.example"]},
+    )
+    raw = forged + _report("forged.net")
+    gateway.send(raw, mail_from="reporter@forged.net")
+    rows = gateway.wait_outbox(lambda rows: len(rows) == 1 and rows[0]["state"] not in ("queued", "sending"))
+    assert rows[0]["suppressed_reason"] == "unauthenticated"
+    assert smtp_sink.handler.received == []
