@@ -238,3 +238,42 @@ def test_forged_authentication_results_never_vouch(
     rows = gateway.wait_outbox(lambda rows: len(rows) == 1 and rows[0]["state"] not in ("queued", "sending"))
     assert rows[0]["suppressed_reason"] == "unauthenticated"
     assert smtp_sink.handler.received == []
+
+
+def test_a_valid_signature_of_another_domain_does_not_vouch_for_the_envelope_sender(
+    gateway_factory: Callable[..., RunningGateway], smtp_sink: Sink
+) -> None:
+    key = _key("dkim-signer.net")
+    signed = Signer([key]).sign(_report("forged.net"))
+    gateway = gateway_factory(confirm={"smarthost": smtp_sink.address, "require_authenticated": True})
+    gateway.send(signed, mail_from="reporter@forged.net")
+    rows = gateway.wait_outbox(lambda rows: len(rows) == 1 and rows[0]["state"] not in ("queued", "sending"))
+    assert rows[0]["suppressed_reason"] == "unauthenticated"
+    summary = gateway.store.show_case(rows[0]["case_id"])["messages"][0]["authentication"]
+    assert "dkim=pass header.d=dkim-signer.net" in summary and "dmarc=fail" in summary
+
+
+@pytest.mark.parametrize(
+    "from_header",
+    [
+        "From: =?utf-8?q?B=C3=BCcher?= <r@b\u00fccher.example>",
+        "From: r@SPF-PASS.NET.",
+        "From: undisclosed-recipients:;",
+        "From: \x00\x01 <@@@>",
+        None,
+    ],
+    ids=["idn", "upper-trailing-dot", "group", "garbage", "none"],
+)
+def test_odd_from_headers_are_stored_with_a_result_never_a_crash(
+    gateway_factory: Callable[..., RunningGateway], smtp_sink: Sink, from_header: str | None
+) -> None:
+    lines = _report("spf-pass.net").decode().split("\r\n")
+    lines = [line for line in lines if not line.startswith("From:")]
+    if from_header is not None:
+        lines.insert(0, from_header)
+    gateway = gateway_factory(confirm={"smarthost": smtp_sink.address, "require_authenticated": True})
+    assert gateway.send("\r\n".join(lines).encode(), mail_from="reporter@spf-pass.net")[0] == 250
+    rows = gateway.wait_outbox(lambda rows: len(rows) == 1 and rows[0]["state"] not in ("queued", "sending"))
+    summary = gateway.store.show_case(rows[0]["case_id"])["messages"][0]["authentication"]
+    assert summary.startswith("mx.test.example; spf=pass smtp.mailfrom=spf-pass.net")
+    assert "check failed" not in summary
