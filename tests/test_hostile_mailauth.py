@@ -277,3 +277,16 @@ def test_odd_from_headers_are_stored_with_a_result_never_a_crash(
     summary = gateway.store.show_case(rows[0]["case_id"])["messages"][0]["authentication"]
     assert summary.startswith("mx.test.example; spf=pass smtp.mailfrom=spf-pass.net")
     assert "check failed" not in summary
+
+
+def test_the_outbox_recheck_also_never_passes_dmarc_for_several_authors(tmp_path: Path) -> None:
+    """The outbox's re-check of a deferred sender (gateway/auth_defer.py) calls `Checker.check` with the
+    first From domain and records its summary on the case: it must judge the authors as intake does."""
+    raw = _report("spf-pass.net").replace(
+        b"From: Reporter <reporter@spf-pass.net>\r\n",
+        b"From: Reporter <reporter@spf-pass.net>, Bank <security@forged.net>\r\n",
+    )
+    result = Checker(make_config(tmp_path, "sqlite://")).check(
+        raw, "reporter@spf-pass.net", "127.0.0.1", "mail.spf-pass.net", "spf-pass.net"
+    )
+    assert result.spf == "pass" and result.dmarc == "permerror"
