@@ -87,7 +87,7 @@ class Checker:
     ) -> Authentication:
         lookups = self.lookups()
         found = self.spf_and_dkim(raw, mail_from, client_addr, helo, authentication_results, lookups)
-        return self.finish(found, mail_from, from_domain, lookups)
+        return self.finish(found, mail_from, from_domain, lookups, len(author_domains(raw)) > 1)
 
     # ---- stage one: envelope and signatures ----------------------------------------------------------------
 
