@@ -112,6 +112,8 @@ def test_a_signature_of_a_sibling_under_a_private_public_suffix_does_not_vouch(
     [
         ("plus-all.net", "v=spf1 +all"),
         ("slash-zero.net", "v=spf1 ip4:0.0.0.0/1 ip4:128.0.0.0/1 -all"),
+        ("a-slash-zero.net", "v=spf1 a/0 -all"),
+        ("mx-slash-zero.net", "v=spf1 mx/0//0 -all"),
     ],
 )
 def test_spf_pass_by_a_record_that_passes_anyone_does_not_vouch(
@@ -120,6 +122,7 @@ def test_spf_pass_by_a_record_that_passes_anyone_does_not_vouch(
     """`v=spf1 +all` passes every client on the Internet, so it says nothing about who sent the message:
     anyone can claim such a domain's addresses and make us mail them."""
     ZONE.publish_txt(domain, record)
+    ZONE.load("a-slash-zero.net. 60 IN A 192.0.2.1\nmx-slash-zero.net. 60 IN MX 10 a-slash-zero.net.")
     gateway = gateway_factory(confirm={"smarthost": smtp_sink.address, "require_authenticated": True})
     gateway.send(_report(domain), mail_from=f"victim@{domain}")
     rows = gateway.wait_outbox(lambda rows: len(rows) == 1 and rows[0]["state"] not in ("queued", "sending"))
