@@ -292,17 +292,22 @@ def _bounded_key(record: bytes | None) -> bytes | None:
 
 
 def _passes_anyone(mechanism: object) -> bool:
-    """The SPF mechanism that matched lets every client on the Internet pass (`+all`, `ip4:0.0.0.0/0`):
-    anyone may claim the domain's addresses, so its pass is no evidence of the sender."""
+    """The SPF mechanism that matched lets every client on the Internet pass (`+all`, `ip4:0.0.0.0/0`,
+    `a/0`, `mx//0`): anyone may claim the domain's addresses, so its pass is no evidence of the sender."""
     if not isinstance(mechanism, str):
         return False
     text = mechanism.lstrip("+").lower()
     if text == "all":
         return True
-    kind, _, rest = text.partition(":")
-    prefix = rest.rpartition("/")[2] if "/" in rest else ""
-    limit = {"ip4": 8, "ip6": 16}.get(kind)
-    return limit is not None and prefix.isdigit() and int(prefix) < limit
+    # RFC 7208 §5.6: `ip4:<net>/<v4 cidr>`, `ip6:<net>/<v6 cidr>`, `a|mx[:<domain>][/<v4 cidr>][//<v6 cidr>]`
+    kind = text.split(":", 1)[0].split("/", 1)[0]
+    cidrs = text.split("/", 1)[1] if "/" in text else ""
+    v4, _, v6 = cidrs.partition("/")
+    if kind == "ip6":
+        v4, v6 = "", v4
+    elif kind not in ("ip4", "a", "mx"):
+        return False
+    return (v4.isdigit() and int(v4) < 8) or (v6.isdigit() and int(v6) < 16)
 
 
 def _overall_dkim(entries: Sequence[ResultEntry]) -> str:
