@@ -18,6 +18,7 @@ is it used as the result, recorded as taken from that MTA.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import logging
 import math
@@ -44,6 +45,10 @@ from parsers.mailauth import (
 from storage.records import Authentication, ClaimedEntry, PreparedMessage
 
 log = logging.getLogger("abuse_gateway.mailauth")
+
+
+class KeyTooCostly(Exception):
+    """A DKIM key whose verification would cost far more than any real key's: refused, not computed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +87,7 @@ class Checker:
     ) -> Authentication:
         lookups = self.lookups()
         found = self.spf_and_dkim(raw, mail_from, client_addr, helo, authentication_results, lookups)
-        return self.finish(found, mail_from, from_domain, lookups)
+        return self.finish(found, mail_from, from_domain, lookups, len(author_domains(raw)) > 1)
 
     # ---- stage one: envelope and signatures ----------------------------------------------------------------
 
@@ -126,6 +131,7 @@ class Checker:
         identity = ("smtp.mailfrom", sender) if sender else ("smtp.helo", helo or "")
         if not ip or not (sender or helo):
             return ResultEntry("spf", "none", (identity,))  # imported without SMTP: no client to check
+        query = None
         try:
             query = spf.query(i=ip, s=sender, h=helo or "unknown", querytime=max(lookups.remaining(), 0.1))
             result = with_spf_lookups(lookups, query.check)[0]
@@ -135,7 +141,10 @@ class Checker:
         if result not in ("pass", "fail", "softfail", "neutral", "none", "temperror", "permerror"):
             result = "permerror"
         domain = address_domain(sender) if sender else helo
-        return ResultEntry("spf", result, ((identity[0], domain or ""),))
+        props = ((identity[0], domain or ""),)
+        if result == "pass" and _passes_anyone(getattr(query, "mechanism", None)):
+            props += (("policy.spf", "all"),)  # SPF's answer as it is; it vouches for nobody (below)
+        return ResultEntry("spf", result, props)
 
     def _dkim(self, raw: bytes, lookups: Lookups) -> tuple[ResultEntry, ...]:
         import dkim
@@ -153,8 +162,12 @@ class Checker:
             domain = selector = ""
             verifier.domain = verifier.selector = None
             try:
-                ok = verifier.verify(idx=index, dnsfunc=lookups.dkim_txt)
+                ok = verifier.verify(
+                    idx=index, dnsfunc=lambda name, timeout=5: _bounded_key(lookups.dkim_txt(name))
+                )
                 result = "pass" if ok else "temperror" if len(lookups.temporary) > before else "fail"
+            except KeyTooCostly:
+                result = "permerror"
             except dkim.ValidationError:  # the body hash or the signature does not match
                 result = "fail"
             except dkim.DKIMException:  # a signature or key we cannot read
@@ -173,9 +186,17 @@ class Checker:
     # ---- stage two: DMARC and the sender verdict ----------------------------------------------------------
 
     def finish(
-        self, found: _Found, mail_from: str | None, from_domain: str | None, lookups: Lookups
+        self,
+        found: _Found,
+        mail_from: str | None,
+        from_domain: str | None,
+        lookups: Lookups,
+        several_authors: bool = False,
     ) -> Authentication:
-        dmarc = found.dmarc or self._dmarc(found, from_domain, lookups)
+        if several_authors:  # RFC 7489 §6.6.1: one author domain or no verdict (never the first one's)
+            dmarc = ResultEntry("dmarc", "permerror", (("header.from", "several"),))
+        else:
+            dmarc = found.dmarc or self._dmarc(found, from_domain, lookups)
         entries = (found.spf, *(found.dkim or (ResultEntry("dkim", "none"),)), dmarc)
         note = f"from {found.source.partition(':')[2]}" if found.source != "checked" else None
         return Authentication(
@@ -242,6 +263,53 @@ class Checker:
         )
 
 
+# RSA verification is pow(signature, e, n) in dkimpy's pure Python, holding the GIL for as long as it takes:
+# the sender publishes e and n, so a 12288-bit exponent costs seconds per signature, past any deadline.
+# RFC 8301 §3.2 asks verifiers for 1024 to 4096 bits; real exponents are 65537 (or 3).
+_MAX_KEY_BITS = 8192
+_MAX_EXPONENT_BITS = 64
+
+
+def _bounded_key(record: bytes | None) -> bytes | None:
+    """The key record as published; `KeyTooCostly` (permerror) when its RSA key costs more than a real one."""
+    if record is None:
+        return None
+    try:
+        import dkim.crypto
+        import dkim.util
+
+        tags = dkim.util.parse_tag_value(record)
+        if tags.get(b"k", b"rsa").strip().lower() != b"rsa" or not tags.get(b"p"):
+            return record  # ed25519 costs one fixed-size verification; an empty p= is revoked already
+        key = dkim.crypto.parse_public_key(base64.b64decode(b"".join(tags[b"p"].split())))
+    except Exception:
+        return record  # a key dkimpy cannot read: it judges that itself, before any arithmetic
+    if key["modulus"].bit_length() > _MAX_KEY_BITS or key["publicExponent"].bit_length() > _MAX_EXPONENT_BITS:
+        raise KeyTooCostly(
+            f"rsa key of {key['modulus'].bit_length()} bits, exponent {key['publicExponent'].bit_length()}"
+        )
+    return record
+
+
+def _passes_anyone(mechanism: object) -> bool:
+    """The SPF mechanism that matched lets every client on the Internet pass (`+all`, `ip4:0.0.0.0/0`,
+    `a/0`, `mx//0`): anyone may claim the domain's addresses, so its pass is no evidence of the sender."""
+    if not isinstance(mechanism, str):
+        return False
+    text = mechanism.lstrip("+").lower()
+    if text == "all":
+        return True
+    # RFC 7208 §5.6: `ip4:<net>/<v4 cidr>`, `ip6:<net>/<v6 cidr>`, `a|mx[:<domain>][/<v4 cidr>][//<v6 cidr>]`
+    kind = text.split(":", 1)[0].split("/", 1)[0]
+    cidrs = text.split("/", 1)[1] if "/" in text else ""
+    v4, _, v6 = cidrs.partition("/")
+    if kind == "ip6":
+        v4, v6 = "", v4
+    elif kind not in ("ip4", "a", "mx"):
+        return False
+    return (v4.isdigit() and int(v4) < 8) or (v6.isdigit() and int(v6) < 16)
+
+
 def _overall_dkim(entries: Sequence[ResultEntry]) -> str:
     results = {e.result for e in entries}
     for result in ("pass", "temperror", "fail", "permerror", "neutral", "policy"):
@@ -251,12 +319,16 @@ def _overall_dkim(entries: Sequence[ResultEntry]) -> str:
 
 
 def _sender_verdict(found: _Found, mail_from: str | None) -> str:
-    """pass when SPF passes for the envelope sender, or a passing DKIM signature is aligned (relaxed) with
-    its domain; temperror when DNS could not say; fail otherwise."""
+    """pass when SPF passes for the envelope sender (not by a record that passes anyone), or a passing
+    DKIM signature is aligned (relaxed) with its domain; temperror when DNS could not say; fail otherwise."""
     sender_domain = address_domain(mail_from)
     if sender_domain is None:
         return "fail"
-    if found.spf.result == "pass" and found.spf.prop("smtp.mailfrom") is not None:
+    if (
+        found.spf.result == "pass"
+        and found.spf.prop("smtp.mailfrom") is not None
+        and not found.spf.prop("policy.spf")
+    ):
         if aligned(found.spf.prop("smtp.mailfrom"), sender_domain, "r"):
             return "pass"
     if any(e.result == "pass" and aligned(e.prop("header.d"), sender_domain, "r") for e in found.dkim):
@@ -305,7 +377,8 @@ class Authenticator:
                 from_domain = None
             else:
                 from_domain = address_domain(item.parsed.from_addr)
-            result = self.checker.finish(found, item.entry.mail_from, from_domain, lookups)
+            several = len(author_domains(item.entry.raw)) > 1
+            result = self.checker.finish(found, item.entry.mail_from, from_domain, lookups, several)
         except FutureTimeout:
             result = self.checker.unavailable("time budget spent")
         except Exception as exc:
@@ -342,6 +415,22 @@ class Authenticator:
             pending = self._pending.pop(inbox_id, None)
             if pending is not None:
                 pending[0].cancel()
+
+
+def author_domains(raw: bytes) -> set[str]:
+    """The domains of every address in every From: header (RFC 5322 allows one header; senders write
+    more), read by dkimpy's header splitter as DKIM reads them."""
+    import email.utils
+
+    import dkim
+
+    try:
+        headers = dkim.rfc822_parse(raw)[0]
+    except Exception:
+        return set()
+    values = [value.decode("utf-8", "replace") for name, value in headers if name.lower() == b"from"]
+    found = {address_domain(address) for _name, address in email.utils.getaddresses(values)}
+    return {domain for domain in found if domain}
 
 
 def authentication_results(raw: bytes) -> tuple[str, ...]:

@@ -8,8 +8,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from parsers.address import registrable_domain
-
 # RFC 8601 §2.7: the results each method may report.
 SPF_RESULTS = ("pass", "fail", "softfail", "neutral", "none", "temperror", "permerror")
 DKIM_RESULTS = ("pass", "fail", "neutral", "policy", "none", "temperror", "permerror")
@@ -52,8 +50,14 @@ def parse_dmarc(text: str) -> DmarcPolicy | None:
 
 
 def organizational_domain(domain: str) -> str:
-    """RFC 7489 §3.2 by the Public Suffix List snapshot bundled with tldextract (never fetched)."""
-    return registrable_domain(domain)
+    """RFC 7489 §3.2 by the Public Suffix List snapshot bundled with tldextract (never fetched), its private
+    section included: `eu.org` or `github.io` hand out names to strangers, so `a.eu.org` and `b.eu.org` are
+    two organizations, and one's signature must not align with the other's address (a forged sender
+    confirmed). The rate caps (`registrable_domain`) keep the ICANN-only view: there, coarser is safer."""
+    from parsers.urlscan import _EXTRACT
+
+    domain = domain.lower().rstrip(".")
+    return _EXTRACT(domain, include_psl_private_domains=True).top_domain_under_public_suffix or domain
 
 
 def aligned(domain: str | None, author_domain: str, mode: str = "r") -> bool:

@@ -1,6 +1,7 @@
 """A real DNS server for the tests (issue 22): dnslib, on 127.0.0.1, UDP and TCP on one port, answering
 from zone text (tests/data/mailauth.zone) and whatever a test publishes. Every other name is NXDOMAIN;
-a name in `servfail` answers SERVFAIL (the temporary failure a resolver times out into, without waiting).
+a name in `servfail` answers SERVFAIL (the temporary failure a resolver times out into, without waiting);
+a name in `hang` never answers.
 
 The suite starts one for the whole session (tests/conftest.py) and points every gateway at it, so no test
 ever asks the host's resolver.
@@ -24,6 +25,10 @@ class ZoneResolver(BaseResolver):  # type: ignore[misc]
         self.lock = threading.Lock()
         self.records: dict[tuple[str, str], list[RR]] = {}
         self.servfail: set[str] = set()
+        # Names that never answer (a sender's nameserver that hangs): the handler thread waits, then drops
+        # the query's answer; `release` ends every wait at once (a test's teardown).
+        self.hang: set[str] = set()
+        self.release = threading.Event()
         self.asked: Counter[str] = Counter()
         if zone_text:
             self.load(zone_text)
@@ -53,6 +58,12 @@ class ZoneResolver(BaseResolver):  # type: ignore[misc]
         qtype = QTYPE[request.q.qtype]
         with self.lock:
             self.asked[name] += 1
+            hangs = name in self.hang
+        if hangs:
+            self.release.wait(10)
+            reply.header.rcode = RCODE.SERVFAIL  # long after any resolver of ours gave up
+            return reply
+        with self.lock:
             if name in self.servfail:
                 reply.header.rcode = RCODE.SERVFAIL
                 return reply
