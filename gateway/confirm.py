@@ -402,10 +402,7 @@ class ConfirmWorker:
         try:
             # Envelope sender = our From, not <>: RFC 3834 §3.3 prefers null, but a bounce of a confirmation
             # must reach us so `outbox list` can show it (issue 5); loops are stopped by our loop header.
-            await aiosmtplib.send(
-                raw,
-                sender=config.from_,
-                recipients=[recipient],
+            client = aiosmtplib.SMTP(
                 hostname=host.strip("[]"),
                 port=int(port),
                 start_tls=config.starttls,
@@ -413,6 +410,15 @@ class ConfirmWorker:
                 password=config.smarthost_password,
                 timeout=30,
             )
+            async with client:
+                try:
+                    await client.sendmail(config.from_, [recipient], raw)
+                except asyncio.CancelledError:
+                    # A stopping gateway hangs up at once. Left open, leaving the `async with` sends QUIT
+                    # and waits for its reply up to the timeout: a smarthost that stalled mid-DATA held
+                    # `serve`'s stop for 30 s. The row stays claimed; it is sent again when its lease ends.
+                    client.close()
+                    raise
         except aiosmtplib.SMTPRecipientsRefused as exc:
             refusal = exc.recipients[0] if exc.recipients else None
             code = refusal.code if refusal is not None else 550
