@@ -313,8 +313,11 @@ class ConfirmWorker:
                 await self.send_isolated(job)
             if not jobs:
                 self._wake.clear()
+                # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancel that lands as the wake
+                # does, and the worker ran on with the gateway's stop awaiting it for ever.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.poll_seconds)
+                    async with asyncio.timeout(self.poll_seconds):
+                        await self._wake.wait()
 
     async def send_isolated(self, job: OutboxJob) -> str:
         """One job, whatever it holds: an error building or sending it fails that row (logged) and the

@@ -350,3 +350,37 @@ def test_reply_token_key_is_created_private_on_first_start(gateway_factory, stor
 def test_subject_template_cannot_carry_report_text() -> None:
     with pytest.raises(ValueError, match="case_id"):
         Config.model_validate({"confirm": {"subject_template": "[{case_id}] Re: {subject}"}})
+
+
+def test_a_confirm_worker_woken_as_the_stop_cancels_it_still_stops(tmp_path: Path) -> None:
+    """On Python 3.11 `asyncio.wait_for` swallowed a cancel landing as its wait completed: a wake (a
+    commit) at the moment of the stop left the worker polling on and `serve`'s stop awaiting it for ever."""
+    import asyncio
+
+    from gateway.assembly import build_confirm_worker, build_store
+    from tests.conftest import make_config, upgrade_store
+
+    url = f"sqlite:///{tmp_path}/cases.db"
+    upgrade_store(url)
+    config = make_config(tmp_path, url)
+    store = build_store(config)
+    worker = build_confirm_worker(config, store)
+
+    async def scenario() -> bool:
+        task = asyncio.create_task(worker.run())
+        # Polled: the worker has no "now idle" event of its own (its waiters are its wake's).
+        while not worker._wake._waiters:  # type: ignore[attr-defined]  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+        worker.wake()
+        await asyncio.sleep(0)  # the wait completes...
+        task.cancel()  # ...and the stop cancels the worker in the same turn of the loop
+        done, _ = await asyncio.wait({task}, timeout=5)
+        while not task.done():  # (before the fix) end it for good
+            task.cancel()
+            await asyncio.wait({task}, timeout=1)
+        return task in done and task.cancelled()
+
+    try:
+        assert asyncio.run(scenario())
+    finally:
+        store.engine.dispose()
