@@ -313,8 +313,11 @@ class ConfirmWorker:
                 await self.send_isolated(job)
             if not jobs:
                 self._wake.clear()
+                # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancel that lands as the wake
+                # does, and the worker ran on with the gateway's stop awaiting it for ever.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.poll_seconds)
+                    async with asyncio.timeout(self.poll_seconds):
+                        await self._wake.wait()
 
     async def send_isolated(self, job: OutboxJob) -> str:
         """One job, whatever it holds: an error building or sending it fails that row (logged) and the
@@ -402,10 +405,7 @@ class ConfirmWorker:
         try:
             # Envelope sender = our From, not <>: RFC 3834 §3.3 prefers null, but a bounce of a confirmation
             # must reach us so `outbox list` can show it (issue 5); loops are stopped by our loop header.
-            await aiosmtplib.send(
-                raw,
-                sender=config.from_,
-                recipients=[recipient],
+            client = aiosmtplib.SMTP(
                 hostname=host.strip("[]"),
                 port=int(port),
                 start_tls=config.starttls,
@@ -413,6 +413,15 @@ class ConfirmWorker:
                 password=config.smarthost_password,
                 timeout=30,
             )
+            async with client:
+                try:
+                    await client.sendmail(config.from_, [recipient], raw)
+                except asyncio.CancelledError:
+                    # A stopping gateway hangs up at once. Left open, leaving the `async with` sends QUIT
+                    # and waits for its reply up to the timeout: a smarthost that stalled mid-DATA held
+                    # `serve`'s stop for 30 s. The row stays claimed; it is sent again when its lease ends.
+                    client.close()
+                    raise
         except aiosmtplib.SMTPRecipientsRefused as exc:
             refusal = exc.recipients[0] if exc.recipients else None
             code = refusal.code if refusal is not None else 550

@@ -207,8 +207,9 @@ class IntakeWorker:
                 await asyncio.sleep(1.0)
             if done == 0:
                 self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=1.0)
+                with contextlib.suppress(TimeoutError):  # not wait_for: it can swallow the stop's cancel
+                    async with asyncio.timeout(1.0):
+                        await self._wake.wait()
 
     def process_once(self) -> int:
         """Claim, prepare and commit one batch; returns how many entries it handled."""

@@ -309,7 +309,8 @@ class Service:
                 log.error("watchdog: task %s stopped, withholding WATCHDOG=1", dead[0])
                 continue
             try:
-                await asyncio.wait_for(asyncio.to_thread(self.store.inbox_depth), interval / 4)
+                async with asyncio.timeout(interval / 4):  # not wait_for: it can swallow the stop's cancel
+                    await asyncio.to_thread(self.store.inbox_depth)
             except Exception:
                 if not await asyncio.to_thread(self.spool.writable):
                     log.error("watchdog: store and spool both unavailable, withholding WATCHDOG=1")

@@ -441,6 +441,10 @@ def smtp_sink() -> Iterator[Sink]:
     yield sink
     loop = holder.get("loop")
     if loop is not None:
+        # Closed, not only stopped: a stopped loop leaves the listening socket open, so the kernel still
+        # accepts a connection nobody answers, and a gateway outliving this fixture (gateway_factory stops
+        # after it) waited on it instead of being refused.
+        loop.call_soon_threadsafe(holder["server"].close)
         loop.call_soon_threadsafe(loop.stop)
     thread.join(timeout=10)
 

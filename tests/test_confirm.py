@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import email
 import os
+import socket
 import stat
+import threading
 import uuid
 from email import policy
 from email.message import EmailMessage
@@ -275,6 +277,54 @@ def test_a_claim_left_by_a_killed_worker_expires_and_is_sent_once(
     assert len(smtp_sink.handler.received) == 1
 
 
+class _StalledSmarthost:
+    """A smarthost that answers up to DATA's 354, takes the message, and then answers nothing (not the
+    end of DATA, not QUIT): what a wedged relay looks like from our side. Records what it is sent after
+    the message, and when we hang up."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.message_sent = threading.Event()
+        self.hung_up = threading.Event()
+        self.after_message: list[bytes] = []
+        threading.Thread(target=self._serve, name="stalled-smarthost", daemon=True).start()
+
+    def _serve(self) -> None:
+        conn, _ = self.listener.accept()
+        with conn, conn.makefile("rb") as reader:
+            conn.sendall(b"220 stalled.test ESMTP\r\n")
+            in_data = False
+            for line in reader:  # ends when the gateway closes the connection
+                if self.message_sent.is_set():
+                    self.after_message.append(line)
+                elif in_data:
+                    if line == b".\r\n":
+                        self.message_sent.set()
+                elif line[:4].upper() == b"DATA":
+                    in_data = True
+                    conn.sendall(b"354 go ahead\r\n")
+                else:
+                    conn.sendall(b"250 stalled.test\r\n")
+        self.listener.close()
+        self.hung_up.set()
+
+
+def test_stopping_mid_send_hangs_up_on_a_stalled_smarthost_and_the_row_stays_to_be_sent(
+    gateway_factory, store_url: str
+) -> None:
+    """Before the fix the cancelled send said QUIT and waited out the 30 s SMTP timeout for its answer, so
+    `serve` took 30 s to stop (seen as 30 s teardowns in the suite, whose sink stops before the gateway)."""
+    smarthost = _StalledSmarthost()
+    gateway = gateway_factory(store_url, confirm={"smarthost": f"127.0.0.1:{smarthost.port}"})
+    gateway.send(REPORT)
+    assert smarthost.message_sent.wait(20)
+    gateway.stop()
+    assert smarthost.hung_up.wait(20)
+    assert smarthost.after_message == []  # no QUIT waited for: the connection was simply closed
+    assert [row["state"] for row in gateway.store.list_outbox()] == ["sending"]  # sent again after its lease
+
+
 def test_disabled_confirmations_queue_nothing(gateway_factory, store_url: str) -> None:
     gateway = gateway_factory(store_url, confirm={"enabled": False})
     gateway.send(REPORT)
@@ -300,3 +350,37 @@ def test_reply_token_key_is_created_private_on_first_start(gateway_factory, stor
 def test_subject_template_cannot_carry_report_text() -> None:
     with pytest.raises(ValueError, match="case_id"):
         Config.model_validate({"confirm": {"subject_template": "[{case_id}] Re: {subject}"}})
+
+
+def test_a_confirm_worker_woken_as_the_stop_cancels_it_still_stops(tmp_path: Path) -> None:
+    """On Python 3.11 `asyncio.wait_for` swallowed a cancel landing as its wait completed: a wake (a
+    commit) at the moment of the stop left the worker polling on and `serve`'s stop awaiting it for ever."""
+    import asyncio
+
+    from gateway.assembly import build_confirm_worker, build_store
+    from tests.conftest import make_config, upgrade_store
+
+    url = f"sqlite:///{tmp_path}/cases.db"
+    upgrade_store(url)
+    config = make_config(tmp_path, url)
+    store = build_store(config)
+    worker = build_confirm_worker(config, store)
+
+    async def scenario() -> bool:
+        task = asyncio.create_task(worker.run())
+        # Polled: the worker has no "now idle" event of its own (its waiters are its wake's).
+        while not worker._wake._waiters:  # type: ignore[attr-defined]  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+        worker.wake()
+        await asyncio.sleep(0)  # the wait completes...
+        task.cancel()  # ...and the stop cancels the worker in the same turn of the loop
+        done, _ = await asyncio.wait({task}, timeout=5)
+        while not task.done():  # (before the fix) end it for good
+            task.cancel()
+            await asyncio.wait({task}, timeout=1)
+        return task in done and task.cancelled()
+
+    try:
+        assert asyncio.run(scenario())
+    finally:
+        store.engine.dispose()
