@@ -37,6 +37,18 @@ def _hostport(value: str) -> str:
     return value
 
 
+def _ip_networks(value: tuple[str, ...]) -> tuple[str, ...]:
+    """`trusted_proxies`: each an IP address or a network (10.0.0.0/8), for the desk and the status page."""
+    import ipaddress
+
+    for item in value:
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError as exc:
+            raise ValueError(f"{item!r} is not an IP address or network") from exc
+    return value
+
+
 class SmtpConfig(_Section):
     listen: tuple[str, ...] = ("127.0.0.1:2525",)
     hostname: str = "localhost"
@@ -281,14 +293,7 @@ class WebConfig(_Section):
     @field_validator("trusted_proxies")
     @classmethod
     def _networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        import ipaddress
-
-        for item in value:
-            try:
-                ipaddress.ip_network(item, strict=False)
-            except ValueError as exc:
-                raise ValueError(f"{item!r} is not an IP address or network") from exc
-        return value
+        return _ip_networks(value)
 
     @field_validator("trusted_user_header")
     @classmethod
@@ -319,6 +324,11 @@ class StatusConfig(_Section):
     @classmethod
     def _status_listen(cls, value: str) -> str:
         return _hostport(value)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return _ip_networks(value)
 
     @field_validator("base_url")
     @classmethod

@@ -7,6 +7,8 @@ framed, or tell another origin where staff were. Pure ASGI, so it also covers er
 
 from __future__ import annotations
 
+import functools
+import ipaddress
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -54,3 +56,39 @@ class SecurityHeaders:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+@functools.lru_cache(maxsize=16)
+def proxy_networks(proxies: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """`trusted_proxies` as networks (an address is its own /32 or /128), parsed once per setting; the
+    config has validated each (gateway/config.py `_ip_networks`)."""
+    return tuple(ipaddress.ip_network(item, strict=False) for item in proxies)
+
+
+def is_trusted_proxy(peer: str | None, proxies: tuple[str, ...]) -> bool:
+    """The TCP peer is one of the reverse proxies whose forwarded headers we believe."""
+    if not peer or not proxies:
+        return False
+    try:
+        address = ipaddress.ip_address(peer)
+    except ValueError:
+        return False
+    return any(address in net for net in proxy_networks(proxies))
+
+
+def forwarded_client(peer: str, forwarded_for: str, proxies: tuple[str, ...]) -> str:
+    """Who is really asking, for throttles, rate limits and logs: the peer, or, when the peer is a trusted
+    proxy, the nearest X-Forwarded-For hop that is not itself a trusted proxy (what a client wrote into the
+    header stands to the left of what its proxy appended, so it is never reached). A proxy that writes junk
+    gets the peer: what we know."""
+    if not is_trusted_proxy(peer, proxies):
+        return peer
+    nets = proxy_networks(proxies)
+    for hop in reversed([h.strip() for h in forwarded_for.split(",") if h.strip()]):
+        try:
+            address = ipaddress.ip_address(hop)
+        except ValueError:
+            return peer
+        if not any(address in net for net in nets):
+            return str(address)
+    return peer

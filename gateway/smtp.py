@@ -9,7 +9,6 @@ spooled), a 451 when neither store nor spool can take them, and nothing else.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import socket
 import ssl
@@ -24,7 +23,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from gateway import data, metrics
 from gateway.config import Config, ConfigError, load_config
-from parsers.address import has_control
+from parsers.address import client_key, has_control
 from storage.errors import TransientError
 from storage.inbox import AppendResult, Inbox
 from storage.inbox import Envelope as InboxEnvelope
@@ -82,21 +81,6 @@ class _EscapeClientText(logging.Filter):
 
 
 _ESCAPE_CLIENT_TEXT = _EscapeClientText()
-
-
-def client_key(ip: str) -> str:
-    """The unit per-client limits count: an IPv4 address, or an IPv6 /64 (one subscriber's or one
-    server's network: a single host can take any of its 2**64 addresses, so counting addresses limits
-    nothing; issue 15). An IPv4-mapped IPv6 address counts as its IPv4 address."""
-    try:
-        address = ipaddress.ip_address(ip.split("%", 1)[0])
-    except ValueError:
-        return ip
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return str(address.ipv4_mapped)
-        return str(ipaddress.IPv6Network((address, 64), strict=False))
-    return str(address)
 
 
 @dataclass

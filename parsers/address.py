@@ -86,3 +86,20 @@ def client_network(client_addr: str | None, v4_prefix: int = 24, v6_prefix: int 
         return "local"
     prefix = v4_prefix if ip.version == 4 else v6_prefix
     return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
+
+
+def client_key(ip: str) -> str:
+    """The unit per-client limits count: an IPv4 address, or an IPv6 /64 (one subscriber's or one
+    server's network: a single host can take any of its 2**64 addresses, so counting addresses limits
+    nothing; issue 15). An IPv4-mapped IPv6 address counts as its IPv4 address."""
+    import ipaddress
+
+    try:
+        address = ipaddress.ip_address(ip.split("%", 1)[0])
+    except ValueError:
+        return ip
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)

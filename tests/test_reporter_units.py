@@ -156,3 +156,17 @@ def test_every_shipped_reply_template_exists_in_every_language_with_a_subject(la
         assert subject and "{case_id}" in body
         if language != "en":
             assert subject != reply_template(name, "en", None)[0]
+
+
+def test_status_page_trusts_a_proxy_network_as_the_desk_does_and_refuses_a_bad_one() -> None:
+    """`[status] trusted_proxies` reads like `[web] trusted_proxies` (gateway/http_security.forwarded_client):
+    a network is a network, the nearest hop that is no proxy is the client, and a typo is a config error
+    instead of a proxy silently never trusted."""
+    import pytest
+
+    from gateway.config import ConfigError, load_config
+
+    assert client_key(_request("10.1.2.3", "1.2.3.4, 198.51.100.7"), ("10.0.0.0/8",)) == "198.51.100.7"
+    assert client_key(_request("10.1.2.3", "198.51.100.7, 10.9.9.9"), ("10.0.0.0/8",)) == "198.51.100.7"
+    with pytest.raises(ConfigError, match="not an IP address or network"):
+        load_config(None, environ={"ABUSE_GATEWAY_STATUS_TRUSTED_PROXIES": "10.0.0.0/8,proxy.local"})

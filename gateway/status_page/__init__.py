@@ -12,7 +12,6 @@ No JavaScript, one same-origin stylesheet, autoescaped templates, and `SecurityH
 
 from __future__ import annotations
 
-import ipaddress
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -26,9 +25,10 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from gateway.config import Config
-from gateway.http_security import SecurityHeaders
+from gateway.http_security import SecurityHeaders, forwarded_client
 from gateway.reporter_mail import when
 from gateway.reporter_texts import LANGUAGES, texts
+from parsers.address import client_key as client_key_of
 from parsers.status_token import split_status_token, status_token_valid
 
 _HERE = Path(__file__).resolve().parent
@@ -56,18 +56,11 @@ class RateLimiter:
 
 
 def client_key(request: Request, trusted_proxies: Sequence[str]) -> str:
-    """The client's address, an IPv6 one cut to its /64 (one subscriber's whole prefix counts as one)."""
-    host = request.client.host if request.client else ""
-    if host in trusted_proxies:
-        forwarded = request.headers.get("x-forwarded-for", "")
-        host = forwarded.rsplit(",", 1)[-1].strip() or host
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return "unknown"
-    if address.version == 6:
-        return str(ipaddress.ip_network(f"{address}/64", strict=False))
-    return str(address)
+    """The client a rate limit counts (parsers.address.client_key: an IPv4 address, an IPv6 /64), read
+    through a trusted proxy as the desk reads it (gateway/http_security.forwarded_client)."""
+    peer = request.client.host if request.client else ""
+    forwarded = request.headers.get("x-forwarded-for", "")
+    return client_key_of(forwarded_client(peer, forwarded, tuple(trusted_proxies)))
 
 
 def build_app(

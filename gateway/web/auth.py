@@ -14,17 +14,16 @@
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from gateway.config import WebConfig
+from gateway.http_security import forwarded_client, is_trusted_proxy
 from gateway.passwords import hash_password, needs_rehash, verify_password
 from gateway.web import csrf
 from gateway.web.render import forbidden, page
@@ -46,37 +45,14 @@ class SsoRefused(Exception):
     """The user header came from a peer that is not a trusted proxy, or names no enabled user."""
 
 
-def _networks(web: WebConfig) -> list[Any]:
-    return [ipaddress.ip_network(item, strict=False) for item in web.trusted_proxies]
-
-
 def peer_trusted(request: Request, web: WebConfig) -> bool:
-    peer = request.client.host if request.client else None
-    if not peer or not web.trusted_proxies:
-        return False
-    try:
-        address = ipaddress.ip_address(peer)
-    except ValueError:
-        return False
-    return any(address in net for net in _networks(web))
+    return is_trusted_proxy(request.client.host if request.client else None, web.trusted_proxies)
 
 
 def client_address(request: Request, web: WebConfig) -> str:
-    """The client as the throttle and the log see it: the peer, or, from a trusted proxy, the nearest
-    address in X-Forwarded-For that is not itself a trusted proxy."""
+    """The client as the throttle and the log see it (gateway/http_security.forwarded_client)."""
     peer = request.client.host if request.client else "-"
-    if not peer_trusted(request, web):
-        return peer
-    hops = [h.strip() for h in request.headers.get("x-forwarded-for", "").split(",") if h.strip()]
-    nets = _networks(web)
-    for hop in reversed(hops):
-        try:
-            address = ipaddress.ip_address(hop)
-        except ValueError:
-            return peer  # a proxy that writes junk: fall back to what we know
-        if not any(address in net for net in nets):
-            return str(address)
-    return peer
+    return forwarded_client(peer, request.headers.get("x-forwarded-for", ""), web.trusted_proxies)
 
 
 def is_https(request: Request, web: WebConfig) -> bool:
