@@ -67,8 +67,8 @@ def _free_port() -> int:
 def start_desk(url: str) -> tuple[str, Any, threading.Thread]:
     from gateway.assembly import build_store, build_web_app
     from gateway.config import Config, StoreConfig
-    from gateway.http_server import asgi_server
     from gateway.passwords import hash_password
+    from gateway.web.server import web_server
     from storage import schema
     from storage.engine import make_engine
 
@@ -80,7 +80,7 @@ def start_desk(url: str) -> tuple[str, Any, threading.Thread]:
     if store.users.get(USER) is None:
         store.users.add(USER, "analyst", hash_password(PASSWORD))
     port = _free_port()
-    server = asgi_server(build_web_app(config, store), config.web.listen, host="127.0.0.1", port=port)
+    server = web_server(config, build_web_app(config, store), host="127.0.0.1", port=port)
     thread = threading.Thread(target=server.run, name="desk", daemon=True)
     thread.start()
     deadline = time.monotonic() + 60

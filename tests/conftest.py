@@ -451,21 +451,3 @@ def smtp_sink() -> Iterator[Sink]:
 
 def config_from_env(tmp_path: Path) -> Config:
     return load_config(None, environ={})
-
-
-@pytest.fixture
-def serve_status() -> Iterator[Callable[[Config], Any]]:
-    """Start the reporters' status page for a config (tests/status_harness.py), stopped after the test."""
-    from gateway.assembly import build_status_app
-    from tests.status_harness import Served
-
-    started: list[Served] = []
-
-    def start(config: Config) -> Served:
-        served = Served(build_status_app(config))
-        started.append(served)
-        return served
-
-    yield start
-    for served in started:
-        served.stop()

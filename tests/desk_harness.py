@@ -21,8 +21,8 @@ from typing import Any
 
 from gateway.assembly import build_store, build_web_app
 from gateway.config import Config
-from gateway.http_server import asgi_server
 from gateway.passwords import hash_password
+from gateway.web.server import web_server
 from tests.conftest import PG_URL, free_port, load_eml, make_config, reset_postgres, start_gateway
 
 PASSWORD = "correct horse battery"
@@ -56,7 +56,7 @@ class Desk:
 
 def start_server(config: Config, store: Any) -> tuple[str, Any, threading.Thread]:
     port = free_port()
-    server = asgi_server(build_web_app(config, store), config.web.listen, host="127.0.0.1", port=port)
+    server = web_server(config, build_web_app(config, store), host="127.0.0.1", port=port)
     thread = threading.Thread(target=server.run, name="desk", daemon=True)
     thread.start()
     deadline = time.monotonic() + 20

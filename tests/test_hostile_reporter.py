@@ -8,18 +8,61 @@ from __future__ import annotations
 
 import email
 import http.client
-from collections.abc import Callable
+import threading
+import time
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from email import policy
 
 import pytest
+import uvicorn
 
+from gateway.assembly import build_status_app
 from gateway.config import Config
 from gateway.http_security import SECURITY_HEADERS
 from gateway.reporter_desk import queue_reply
-from tests.conftest import RunningGateway, Sink
-from tests.status_harness import Served
+from tests.conftest import RunningGateway, Sink, free_port
 from tests.test_status_page import REPORT, _case_with_link
+
+
+class Served:
+    """The status app under uvicorn as `abuse-gateway status-page` runs it (gateway/cli/reporter.py): no
+    proxy headers, no server header. uvicorn's default would trust X-Forwarded-For from 127.0.0.1, which
+    is every test client, and hide what the app itself does with it."""
+
+    def __init__(self, config: Config) -> None:
+        self.port = free_port()
+        self.server = uvicorn.Server(
+            uvicorn.Config(
+                build_status_app(config),
+                host="127.0.0.1",
+                port=self.port,
+                log_level="warning",
+                access_log=False,
+                server_header=False,
+                proxy_headers=False,
+            )
+        )
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            assert time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.02)
+
+
+@pytest.fixture
+def serve_status() -> Iterator[Callable[[Config], Served]]:
+    started: list[Served] = []
+
+    def start(config: Config) -> Served:
+        started.append(Served(config))
+        return started[-1]
+
+    yield start
+    for served in started:
+        served.server.should_exit = True
+        served.thread.join(timeout=10)
 
 
 def _request(

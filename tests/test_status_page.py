@@ -6,19 +6,77 @@ from __future__ import annotations
 
 import email
 import re
+import threading
+import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Iterator
 from email import policy
 from pathlib import Path
 from typing import Any
 
 import pytest
+import uvicorn
 
+from gateway.assembly import build_status_app
+from gateway.config import Config
 from gateway.reporter_desk import revoke_status_links, set_reporter_state
 from tests.conftest import RunningGateway, Sink, free_port, load_eml
 
 BASE = "https://status.example.org"
 REPORT = load_eml("report_phishing.eml")
+
+
+class Served:
+    def __init__(self, app: Any) -> None:
+        self.port = free_port()
+        self.server = uvicorn.Server(
+            # as `status-page` runs it: uvicorn's own X-Forwarded-For handling off (the app trusts proxies)
+            uvicorn.Config(
+                app,
+                host="127.0.0.1",
+                port=self.port,
+                log_level="warning",
+                access_log=False,
+                server_header=False,
+                proxy_headers=False,
+            )
+        )
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            assert time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.02)
+
+    @property
+    def origin(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def get(self, path: str) -> tuple[int, dict[str, str], bytes]:
+        try:
+            with urllib.request.urlopen(self.origin + path, timeout=10) as response:
+                return response.status, dict(response.headers), response.read()
+        except urllib.error.HTTPError as error:
+            return error.code, dict(error.headers), error.read()
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture
+def serve_status() -> Iterator[Callable[[Config], Served]]:
+    started: list[Served] = []
+
+    def start(config: Config) -> Served:
+        served = Served(build_status_app(config))
+        started.append(served)
+        return served
+
+    yield start
+    for served in started:
+        served.stop()
 
 
 def _case_with_link(
@@ -208,34 +266,3 @@ def test_the_status_page_command_serves_its_own_listener_and_stops_on_sigterm(
         process.send_signal(signal.SIGTERM)
         # uvicorn shuts down gracefully, then re-raises the signal: systemd counts SIGTERM as a clean stop.
         assert process.wait(timeout=15) in (0, -signal.SIGTERM)
-
-
-@pytest.mark.parametrize(("command", "section"), [("status-page", "status"), ("web", "web")])
-def test_an_http_face_on_a_taken_port_says_so_and_exits_2(
-    tmp_path: Path, sqlite_url: str, command: str, section: str
-) -> None:
-    """The status page and the desk share one way to run (cli/common._serve_http): a listen address that
-    cannot be bound is a usage error in words, never a traceback or uvicorn's own exit code."""
-    import socket
-    import subprocess
-    import sys
-
-    from tests.conftest import run_cli
-
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        config = tmp_path / "face.toml"
-        config.write_text(
-            f'[store]\nurl = "{sqlite_url}"\nspool_dir = "{tmp_path}/spool"\n'
-            f'[confirm]\nsecret_file = "{tmp_path}/key"\n[{section}]\nlisten = "127.0.0.1:{port}"\n'
-        )
-        run_cli(config, "db", "upgrade")
-        binary = Path(sys.executable).with_name("abuse-gateway")
-        result = subprocess.run(
-            [str(binary), command, "--config", str(config)], capture_output=True, text=True, timeout=60
-        )
-    assert result.returncode == 2, result.stderr
-    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
-    assert "Traceback" not in result.stderr

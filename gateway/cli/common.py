@@ -190,38 +190,3 @@ def _unix_user() -> str:
         return pwd.getpwuid(os.getuid()).pw_name
     except KeyError:
         return str(os.getuid())
-
-
-def _exit_cleanly(_sig: int, _frame: object) -> None:
-    raise SystemExit(0)
-
-
-def _serve_http(ctx: click.Context, app: Any, listen: str, what: str) -> None:
-    """Run one of our HTTP faces (the desk, the status page) in the foreground until SIGTERM or Ctrl-C.
-
-    uvicorn drains on SIGTERM/SIGINT, then raises the signal again under the handler it found: ours makes a
-    drained process exit 0, as systemd expects of a clean stop (and stops one still starting). A listen
-    address that cannot be bound is a usage error in words, not a traceback."""
-    import signal
-
-    from gateway.http_server import asgi_server
-
-    server = asgi_server(app, listen)
-    logging.getLogger("abuse_gateway.http").info("%s listens on %s", what, listen)
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, _exit_cleanly)
-    try:
-        server.run()
-    except OSError as exc:
-        click.echo(f"abuse-gateway: cannot listen on {listen}: {exc.strerror}", err=True)
-        ctx.exit(EX_USAGE)
-    except SystemExit as exc:
-        # uvicorn logs a failed bind and exits non-zero itself (its STARTUP_FAILURE); our signal handler
-        # exits 0. Only the first, before the server started, is the operator's listen address.
-        if server.started or exc.code in (0, None):
-            raise
-        click.echo(f"abuse-gateway: cannot listen on {listen}: {what} did not start (see the log)", err=True)
-        ctx.exit(EX_USAGE)
-    if not server.started:
-        click.echo(f"abuse-gateway: {what} did not start on {listen}", err=True)
-        ctx.exit(EX_USAGE)

@@ -14,7 +14,6 @@ from gateway.cli.common import (
     _case_arg,
     _config,
     _say,
-    _serve_http,
     _store,
     _unix_user,
     _v,
@@ -139,9 +138,19 @@ def cases_status_link(ctx: click.Context, case_id: str, revoke: bool) -> None:
 @click.pass_context
 def status_page(ctx: click.Context) -> None:
     """Serve the reporters' status page on `[status] listen` (its own process: it faces the Internet)."""
+    import uvicorn
+
     from gateway.assembly import build_status_app
 
     config = _config(ctx)
     _store(ctx)  # the store must exist and be current before the page answers anyone
-    # A status URL is a credential: the shared server writes no access log (gateway/http_server.py).
-    _serve_http(ctx, build_status_app(config), config.status.listen, "the status page")
+    host, _, port = config.status.listen.rpartition(":")
+    uvicorn.run(
+        build_status_app(config),
+        host=host.strip("[]"),
+        port=int(port),
+        log_level="warning",
+        access_log=False,  # a status URL is a credential: it is not written to any log
+        server_header=False,
+        proxy_headers=False,
+    )
